@@ -17,6 +17,7 @@ grant rule (``_can_grant``) and in what a release hands on.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -84,7 +85,7 @@ class Lock:
         self.waiters.append((t, mode, now))
         return False
 
-    def release(self, t: Thread, all_levels: bool, now: int) -> tuple[int, list[Thread]]:
+    def release(self, t: Thread, all_levels: bool, now: int) -> tuple[int, Sequence[Thread]]:
         """Drop ``t``'s hold (or all of them). Returns the number of levels dropped and
         the waiters that now hold the lock, in the order they got it."""
         levels = self._drop(t, all_levels, now)
@@ -206,12 +207,58 @@ class TicketLock(Lock):
     def depth(self, t: Thread) -> int:
         return self._depth if self.owner is t else 0
 
+    # NOTE: acquire and release are written out for this lock, not built from the
+    # base class's steps, for speed: the kernel lock is the hottest lock of a run.
     def acquire(self, t: Thread, mode: int, now: int) -> bool:
-        # Recursion only bumps the depth and never waits: no ticket is taken.
-        if self.owner is t:
+        owner = self.owner
+        if owner is None:
+            if not self.waiters:
+                self._grant(t, mode, now)
+                self.stats.acquisitions += 1
+                return True
+        elif owner is t:
+            # Recursion only bumps the depth and never waits: no ticket is taken.
             self._depth += 1
             return True
-        return Lock.acquire(self, t, mode, now)
+        self.stats.contended += 1
+        self.waiters.append((t, mode, now))
+        return False
+
+    def release(self, t: Thread, all_levels: bool, now: int) -> tuple[int, Sequence[Thread]]:
+        if self.owner is not t:
+            holder = self.owner.name if self.owner else "nobody"
+            raise LockError(f"__mp_unlock: {self.name} not held by {t.name} (held by {holder})")
+        if all_levels:
+            levels = self._depth
+        else:
+            levels = 1
+            if self._depth > 1:
+                self._depth -= 1
+                return levels, ()
+        t.held.remove(self)
+        st = self.stats
+        held = now - self.since
+        st.hold_ns += held
+        if held > st.max_hold_ns:
+            st.max_hold_ns = held
+        if not self.waiters:
+            self.owner = None
+            self._depth = 0
+            return levels, ()
+        # The next ticket is served: exactly one waiter goes on.
+        w, _, since = self.waiters.popleft()
+        self.owner = w
+        self.since = now
+        self._depth = 1
+        w.held.append(self)
+        if w.pending_depth:
+            self._apply_pending(w)
+        st.acquisitions += 1
+        waited = now - since
+        st.wait_ns += waited
+        if waited > st.max_wait_ns:
+            st.max_wait_ns = waited
+        return levels, (w,)
 
     def acquire_count(self, t: Thread, count: int, now: int) -> bool:
         """Take ``count`` levels at once (``__mp_acquire_count``); the levels above the
@@ -240,20 +287,7 @@ class TicketLock(Lock):
         self._apply_pending(t)
 
     def _drop(self, t: Thread, all_levels: bool, now: int) -> int:
-        if self.owner is not t:
-            holder = self.owner.name if self.owner else "nobody"
-            raise LockError(f"__mp_unlock: {self.name} not held by {t.name} (held by {holder})")
-        if all_levels:
-            levels = self._depth
-            self._depth = 0
-        else:
-            levels = 1
-            self._depth -= 1
-        if self._depth == 0:
-            self.owner = None
-            t.held.remove(self)
-            self._account_hold(self.since, now)
-        return levels
+        raise NotImplementedError  # release() is written out above
 
 
 class RwLock(Lock):

@@ -54,10 +54,13 @@ class Run:
 
 @dataclass(frozen=True, slots=True)
 class Acquire:
-    """Take ``lock``; ``mode`` is EXCLUSIVE or SHARED (read/write locks only)."""
+    """Take ``lock``; ``mode`` is EXCLUSIVE or SHARED (read/write locks only).
+    ``count`` > 1 takes that many levels at once (the kernel lock's
+    ``__mp_acquire_count``)."""
 
     lock: Lock
     mode: int = EXCLUSIVE
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +104,10 @@ class Broadcast:
     """Issue ``count`` hardware-broadcast invalidations (arm64 ``tlbi ...is``).
 
     Each costs ``base_ns + per_sender_ns * (n - 1)`` of the sender's sys time, where n
-    is the number of CPUs broadcasting at the moment the op starts (cost-anchors row 10:
-    latency grows almost linearly with concurrent senders). ``action()`` runs when the
-    last one completes, i.e. after the trailing ``dsb ish``.
+    is the number of CPUs broadcasting meanwhile; when n changes, what is left of every
+    broadcast in flight is repriced (cost-anchors row 10: latency grows almost linearly
+    with concurrent senders). ``action()`` runs when the last one completes, i.e. after
+    the trailing ``dsb ish``.
     """
 
     count: int

@@ -7,11 +7,13 @@ two entries never compare past it: the same config and seed give the same run.
 Timed mode pops the heap in order. Untimed mode (the interleaving explorer's) lets the
 chooser pick any pending step, in any order; time still counts but means nothing.
 
-A CPU is in one accounting mode at a time (user, sys, spin, idle, or interrupt);
-``_set_mode`` closes the last stretch, so per-CPU user+sys+spin+idle always adds up to
-the time that passed. Interrupt time is reported inside sys and on its own as ``intr``.
-A thread is charged for what its CPU did while it was the CPU's thread, spinning
-included (as sys), interrupts excluded.
+Accounting. Work whose length is known when it starts (a ``Run``, a context switch, a
+broadcast, an interrupt handler) is charged to its CPU and thread at the start: an
+interrupt that arrives meanwhile pushes the end later and is charged on its own.
+Spinning and idling are open-ended, so they are charged as stretches when they end,
+less any interrupt time inside them. So per CPU, user + sys + spin + idle + intr is
+exactly the time that passed; reports fold interrupt time into sys. A thread is charged
+its user and sys time, spinning included (as sys), interrupts excluded.
 
 => Model code runs inside ``gen.send``; it must not call back into the engine except
    through ops and the few public helpers (``spawn``, ``make_runnable``, ``call_at``).
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +45,13 @@ from exitsim.engine.ops import (
 )
 from exitsim.engine.thread import DEAD, ONPROC, RUNNABLE, SLEEPING, KPath, Thread
 
-# CPU accounting modes; M_USER/M_SYS equal the ops' USER/SYS so a Run sets its mode.
+# Accounting buckets of a CPU; M_USER/M_SYS equal the ops' USER/SYS.
 M_USER = 0
 M_SYS = 1
 M_SPIN = 2
 M_IDLE = 3
 M_INTR = 4
-MODE_NAMES = ("user", "sys", "spin", "idle", "intr")
+MODE_NAMES = ("user", "sys", "spin", "idle", "intr")  # indices into Cpu.acct
 
 # Heap entry kinds. When two entries fall on the same nanosecond, seq decides.
 K_CONT = 0  # a CPU goes on with its thread (token must match)
@@ -93,17 +95,18 @@ class Cpu:
         "thread",
         "last_thread",
         "runq",
-        "mode",
-        "since",
         "acct",
+        "spin_since",
+        "idle_since",
+        "slow",
         "token",
         "cont_at",
         "dispatch_pending",
         "quantum_end",
         "acks_pending",
         "bcast",
+        "bcast_rate",
         "intr_until",
-        "saved_mode",
         "spinning_on",
         "switches",
     )
@@ -113,22 +116,38 @@ class Cpu:
         self.thread: Thread | None = None
         self.last_thread: Thread | None = None
         self.runq: deque[Thread] = deque()
-        self.mode = M_IDLE
-        self.since = 0
+        # user, sys (without interrupts), spin, idle, interrupt; see the module doc.
         self.acct = [0, 0, 0, 0, 0]
+        self.spin_since = -1  # when the current spin began, or -1
+        self.idle_since = 0  # when the current idle stretch began, or -1
+        # Set while the next continuation needs more than resuming the generator
+        # (end a spin or a broadcast, retake locks, go on with a cut user run).
+        self.slow = False
         self.token = 0
         self.cont_at: int | None = None
         self.dispatch_pending = False
         self.quantum_end = 0
         self.acks_pending = 0
         self.bcast: Broadcast | None = None
+        self.bcast_rate = 1  # how many senders the rest of the broadcast is priced for
         self.intr_until = 0
-        self.saved_mode = M_IDLE
         self.spinning_on: Lock | None = None
         self.switches = 0
 
     def __repr__(self) -> str:
-        return f"<Cpu {self.index} {MODE_NAMES[self.mode]} {self.thread!r}>"
+        return f"<Cpu {self.index} {self.thread!r}>"
+
+    def times(self) -> dict[str, int]:
+        """Accounted time: user + sys + spin + idle is all of it; ``sys_ns`` includes
+        interrupt handling, which ``intr_ns`` shows on its own."""
+        a = self.acct
+        return {
+            "user_ns": a[M_USER],
+            "sys_ns": a[M_SYS] + a[M_INTR],
+            "spin_ns": a[M_SPIN],
+            "idle_ns": a[M_IDLE],
+            "intr_ns": a[M_INTR],
+        }
 
 
 class Engine:
@@ -143,7 +162,7 @@ class Engine:
         self.cpus = [Cpu(i) for i in range(config.ncpu)]
         self.threads: list[Thread] = []
         self.sleepq: dict[object, list[Thread]] = {}
-        self.broadcasting = 0
+        self.bcast_cpus: list[Cpu] = []  # CPUs with a broadcast in flight, in start order
         self.events = 0
         self.ops = 0
         self.ipis = 0
@@ -152,6 +171,9 @@ class Engine:
         self.quantum = config.quantum_ns
         self.ctxsw = config.ctxsw_ns
         self.step_each_op = config.step_each_op
+        #: Called as ``switch_hook(cpu_index, thread)`` when a thread goes on a CPU, and
+        #: with ``None`` when it leaves; the machine layer uses it for the loaded pmap.
+        self.switch_hook: Callable[[int, Thread | None], None] | None = None
         self._handlers: dict[type, Callable[[Cpu, Thread, Any], bool]] = {
             Run: self._op_run,
             Acquire: self._op_acquire,
@@ -166,10 +188,20 @@ class Engine:
 
     # -- public helpers --------------------------------------------------------------
 
-    def spawn(self, name: str, gen: KPath, at: int | None = None, cls: type = Thread,
-              **fields: Any) -> Thread:
-        """Create a thread running ``gen``; it becomes runnable at ``at`` (default now)."""
-        t = cls(len(self.threads) + 1, name, gen, **fields)
+    def spawn(
+        self,
+        name: str,
+        body: KPath | Callable[[Thread], KPath],
+        at: int | None = None,
+        cls: type = Thread,
+        **fields: Any,
+    ) -> Thread:
+        """Create a thread; it becomes runnable at ``at`` (default now).
+
+        ``body`` is its generator, or a function that takes the new thread and returns
+        the generator (so kernel code can know its own ``curproc``)."""
+        t = cls(len(self.threads) + 1, name, None, **fields)
+        t.gen = body(t) if callable(body) else body
         self.threads.append(t)
         t.state = SLEEPING
         if at is None or at <= self.now:
@@ -221,32 +253,54 @@ class Engine:
         """Timed mode: pop the heap in (time, seq) order until it is empty."""
         heap = self.heap
         pop = heapq.heappop
-        step = self._step
+        cpus = self.cpus
+        resume = self._resume
         n = 0
-        while heap:
-            if until is not None and heap[0][0] > until:
-                break
-            entry = pop(heap)
-            self.now = entry[0]
-            step(entry)
-            n += 1
-            if max_events is not None and n >= max_events:
-                break
-        self.events += n
+        bounded = until is not None or max_events is not None
+        if until is None:
+            until = -1
+        if max_events is None:
+            max_events = -1
+        try:
+            while heap:
+                if bounded and ((until >= 0 and heap[0][0] > until) or n == max_events):
+                    break
+                entry = pop(heap)
+                self.now = entry[0]
+                n += 1
+                # NOTE: the common case (a CPU goes on with its thread) is handled here
+                # rather than in _step, for speed; see bench/engine.py.
+                if entry[2] == K_CONT:
+                    c = cpus[entry[3]]
+                    if c.token == entry[4]:
+                        c.cont_at = None
+                        if c.slow:
+                            self._on_cont(c)
+                        else:
+                            resume(c, c.thread)  # type: ignore[arg-type]
+                else:
+                    self._step(entry)
+        finally:
+            self.events += n
         if not heap:
             self._check_stuck()
 
     def pending(self) -> list[tuple[str, tuple[int, int, int, Any, Any]]]:
         """Untimed mode: the steps that could happen next, labelled, in a fixed order
-        (by kind, then CPU). Stale heap entries are dropped on the way."""
+        (CPU steps by CPU, then interrupts by target CPU, then timers). Stale heap
+        entries are dropped on the way."""
         live = [e for e in self.heap if self._live(e)]
         if len(live) != len(self.heap):
             self.heap[:] = live
             heapq.heapify(self.heap)
         out = [(self._label(e), e) for e in live]
-        # CPU steps first, by CPU; then interrupts by target CPU; then timers by seq.
-        out.sort(key=lambda x: (x[1][2] > K_DISPATCH, x[1][2] if x[1][2] > K_DISPATCH else 0,
-                                x[1][3] if x[1][2] != K_CALL else x[1][1]))
+        out.sort(
+            key=lambda x: (
+                x[1][2] > K_DISPATCH,
+                x[1][2] if x[1][2] > K_DISPATCH else 0,
+                x[1][3] if x[1][2] != K_CALL else x[1][1],
+            )
+        )
         return out
 
     def step_untimed(self) -> bool:
@@ -267,9 +321,15 @@ class Engine:
         return True
 
     def finish(self) -> None:
-        """Close every CPU's accounting at ``now`` (the makespan)."""
+        """Close every CPU's open idle or spin stretch at ``now`` (the makespan).
+        Calling it again adds nothing."""
         for c in self.cpus:
-            self._set_mode(c, c.mode)
+            if c.idle_since >= 0:
+                self._idle_end(c)
+                c.idle_since = self.now
+            if c.spin_since >= 0 and c.thread is not None:
+                self._spin_end(c, c.thread)
+                c.spin_since = self.now
 
     # -- heap ------------------------------------------------------------------------
 
@@ -310,7 +370,10 @@ class Engine:
             if c.token != e[4]:
                 return  # superseded: an interrupt moved it
             c.cont_at = None
-            self._on_cont(c)
+            if c.slow:
+                self._on_cont(c)
+            else:
+                self._resume(c, c.thread)  # type: ignore[arg-type]
         elif kind == K_DISPATCH:
             c = self.cpus[e[3]]
             if c.dispatch_pending:
@@ -327,40 +390,46 @@ class Engine:
         else:
             e[3](*e[4])
 
-    # -- accounting ------------------------------------------------------------------
+    # -- accounting of open-ended stretches ------------------------------------------
 
-    def _set_mode(self, c: Cpu, mode: int) -> None:
-        now = self.now
-        dt = now - c.since
-        if dt:
-            old = c.mode
-            c.acct[old] += dt
-            t = c.thread
-            if t is not None and old != M_IDLE and old != M_INTR:
-                if old == M_USER:
-                    t.user_ns += dt
-                else:
-                    t.sys_ns += dt
-                    if old == M_SPIN:
-                        t.spin_ns += dt
-        c.since = now
-        c.mode = mode
+    def _idle_end(self, c: Cpu) -> None:
+        if c.idle_since >= 0:
+            c.acct[M_IDLE] += self.now - c.idle_since
+            c.idle_since = -1
+
+    def _spin_begin(self, c: Cpu, lock: Lock | None) -> None:
+        c.spin_since = self.now
+        c.spinning_on = lock
+        c.slow = True
+
+    def _spin_end(self, c: Cpu, t: Thread) -> None:
+        dt = self.now - c.spin_since
+        c.acct[M_SPIN] += dt
+        t.sys_ns += dt
+        t.spin_ns += dt
+        c.spin_since = -1
+        c.spinning_on = None
 
     # -- running a thread ------------------------------------------------------------
 
     def _on_cont(self, c: Cpu) -> None:
+        """The slow continuation: finish what the CPU was in the middle of, then go
+        on with the thread."""
         t = c.thread
+        c.slow = False
         if t is None:
             return
+        if c.spin_since >= 0:
+            self._spin_end(c, t)
         if c.bcast is not None:
             op = c.bcast
             c.bcast = None
-            self.broadcasting -= 1
+            self.bcast_cpus.remove(c)
+            self._rescale_broadcasts()
             if op.action is not None:
                 op.action()
-        if t.saved_depths or t.interlock is not None:
-            if not self._retake_locks(c, t):
-                return
+        if (t.saved_depths or t.interlock is not None) and not self._retake_locks(c, t):
+            return
         if t.run_left:
             self._continue_user_run(c, t)
             return
@@ -371,33 +440,70 @@ class Engine:
         send = t.gen.send
         handlers = self._handlers
         log = self.log
-        while True:
-            try:
-                op = send(None)
-            except StopIteration as stop:
-                t.result = stop.value
-                self._thread_exit(c, t)
-                return
-            self.ops += 1
-            h = handlers.get(type(op))
-            if h is None:
-                raise BadYield(self._bad_yield_message(t, op))
-            if log is not None:
-                log.append((self.now, c.index, t.tid, type(op).__name__))
-            if not h(c, t, op):
-                return
-            if self.step_each_op:
-                self._push_cont(c, self.now)
-                return
+        now = self.now
+        acct = c.acct
+        n = 0
+        try:
+            while True:
+                try:
+                    op = send(None)
+                except StopIteration as stop:
+                    t.result = stop.value
+                    self._thread_exit(c, t)
+                    return
+                n += 1
+                cls = type(op)
+                if log is not None:
+                    log.append((now, c.index, t.tid, cls.__name__))
+                # NOTE: Run is inlined for speed; _op_run holds the same rule.
+                if cls is Run:
+                    ns = op.ns
+                    if ns > 0:
+                        end = now + ns
+                        if op.mode == USER:
+                            if end > c.quantum_end:
+                                self._op_run(c, t, op)
+                                return
+                            acct[M_USER] += ns
+                            t.user_ns += ns
+                        else:
+                            acct[M_SYS] += ns
+                            t.sys_ns += ns
+                        tok = c.token + 1
+                        c.token = tok
+                        c.cont_at = end
+                        self.seq += 1
+                        heapq.heappush(self.heap, (end, self.seq, K_CONT, c.index, tok))
+                        return
+                    if ns < 0:
+                        raise ValueError(f"thread {t.name}: Run of negative time {ns}")
+                elif cls is Acquire:
+                    if op.count != 1 or not op.lock.acquire(t, op.mode, now):
+                        if not self._op_acquire_waits(c, t, op):
+                            return
+                elif cls is Release:
+                    granted = op.lock.release(t, op.all_levels, now)[1]
+                    if granted:
+                        self._hand_to(op.lock, granted)
+                else:
+                    h = handlers.get(cls)
+                    if h is None:
+                        raise BadYield(self._bad_yield_message(t, op))
+                    if not h(c, t, op):
+                        return
+                if self.step_each_op:
+                    self._push_cont(c, now)
+                    return
+        finally:
+            self.ops += n
 
     def _bad_yield_message(self, t: Thread, op: object) -> str:
-        frame = t.gen.gi_frame
-        where = ""
         # Walk down the yield-from chain to the function that really yielded.
         g: Any = t.gen
-        while g is not None and getattr(g, "gi_yieldfrom", None) is not None:
+        while getattr(g, "gi_yieldfrom", None) is not None:
             g = g.gi_yieldfrom
-        frame = getattr(g, "gi_frame", None) or frame
+        frame = getattr(g, "gi_frame", None)
+        where = ""
         if frame is not None:
             where = f" in {frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})"
         return f"thread {t.name} yielded {op!r}, which is not an op{where}"
@@ -411,17 +517,20 @@ class Engine:
             if ns < 0:
                 raise ValueError(f"thread {t.name}: Run of negative time {ns}")
             return True
-        mode = op.mode
-        if c.mode != mode:
-            self._set_mode(c, mode)
         now = self.now
         end = now + ns
-        if mode == USER and end > c.quantum_end:
-            # The quantum ends inside this user run: stop there and see who waits.
-            qend = c.quantum_end if c.quantum_end > now else now
-            t.run_left = end - qend
-            t.run_mode = USER
-            end = qend
+        if op.mode == USER:
+            if end > c.quantum_end:
+                # The quantum ends inside this user run: stop there and see who waits.
+                qend = c.quantum_end if c.quantum_end > now else now
+                t.run_left = end - qend
+                end = qend
+                c.slow = True
+            c.acct[M_USER] += end - now
+            t.user_ns += end - now
+        else:
+            c.acct[M_SYS] += ns
+            t.sys_ns += ns
         self._push_cont(c, end)
         return False
 
@@ -438,16 +547,28 @@ class Engine:
         self._op_run(c, t, Run(left, USER))
 
     def _op_acquire(self, c: Cpu, t: Thread, op: Acquire) -> bool:
+        if op.count == 1 and op.lock.acquire(t, op.mode, self.now):
+            return True
+        return self._op_acquire_waits(c, t, op)
+
+    def _op_acquire_waits(self, c: Cpu, t: Thread, op: Acquire) -> bool:
+        """The rest of Acquire once the plain attempt failed (or was never made, for a
+        multi-level take): wait, or take several levels."""
         lock = op.lock
-        if lock.acquire(t, op.mode, self.now):
+        if op.count == 1:
+            got = False
+        elif isinstance(lock, TicketLock):
+            got = lock.acquire_count(t, op.count, self.now)
+        else:
+            raise LockError(f"{t.name}: {lock.name} is not recursive, cannot take {op.count}")
+        if got:
             return True
         self._wait_for(c, t, lock)
         return False
 
     def _wait_for(self, c: Cpu, t: Thread, lock: Lock) -> None:
         if lock.spins:
-            self._set_mode(c, M_SPIN)
-            c.spinning_on = lock
+            self._spin_begin(c, lock)
         else:
             self._check_may_sleep(t, None, lock.name)
             t.wchan = lock
@@ -462,14 +583,12 @@ class Engine:
             self._hand_to(op.lock, granted)
         return True
 
-    def _hand_to(self, lock: Lock, granted: list[Thread]) -> None:
+    def _hand_to(self, lock: Lock, granted: Sequence[Thread]) -> None:
         """Waiters that were just given ``lock`` go on: a spinner on its CPU, a
         sleeper by becoming runnable."""
         for w in granted:
             if w.state == ONPROC:
-                wc = self.cpus[w.cpu]  # type: ignore[index]
-                wc.spinning_on = None
-                self._push_cont(wc, self.now)
+                self._push_cont(self.cpus[w.cpu], self.now)  # type: ignore[index]
             else:
                 w.wchan = None
                 self.make_runnable(w)
@@ -477,9 +596,7 @@ class Engine:
     def _check_may_sleep(self, t: Thread, interlock: Lock | None, what: str) -> None:
         for lock in t.held:
             if isinstance(lock, SpinMutex) and lock is not interlock:
-                raise LockError(
-                    f"{t.name}: sleeping on {what} with spin mutex {lock.name} held"
-                )
+                raise LockError(f"{t.name}: sleeping on {what} with spin mutex {lock.name} held")
 
     def _op_sleep(self, c: Cpu, t: Thread, op: Sleep) -> bool:
         il = op.interlock
@@ -510,7 +627,7 @@ class Engine:
         for x in op.targets:
             if x == c.index or not 0 <= x < ncpu:
                 raise ValueError(f"{t.name}: IPI target cpu{x} is invalid from cpu{c.index}")
-        self._set_mode(c, M_SPIN)
+        self._spin_begin(c, None)
         c.acks_pending = len(op.targets)
         at = self.now + self.config.ipi_latency_ns
         for x in op.targets:
@@ -519,24 +636,25 @@ class Engine:
         return False
 
     def _on_intr(self, c: Cpu, payload: tuple[int, Ipi]) -> None:
-        op = payload[1]
+        """An IPI reaches ``c``: its handler runs after any handler already running,
+        and whatever ``c`` was doing is pushed back by the handler's time."""
+        h = payload[1].handler_ns
         start = self.now if self.now > c.intr_until else c.intr_until
-        end = start + op.handler_ns
-        if c.mode != M_INTR:
-            c.saved_mode = c.mode
-            self._set_mode(c, M_INTR)
+        end = start + h
         c.intr_until = end
+        c.acct[M_INTR] += h
+        if c.spin_since >= 0:
+            c.spin_since += h
+        if c.idle_since >= 0:
+            c.idle_since += h
         if c.cont_at is not None:
-            # Whatever this CPU was doing finishes later by the handler's time.
-            self._push_cont(c, c.cont_at + op.handler_ns)
+            self._push_cont(c, c.cont_at + h)
         self._push(end, K_INTR_DONE, c.index, payload)
 
     def _on_intr_done(self, c: Cpu, payload: tuple[int, Ipi]) -> None:
         sender, op = payload
         if op.action is not None:
             op.action(c.index)
-        if self.now >= c.intr_until and c.mode == M_INTR:
-            self._set_mode(c, c.saved_mode)
         s = self.cpus[sender]
         s.acks_pending -= 1
         if s.acks_pending == 0:
@@ -545,14 +663,40 @@ class Engine:
     def _op_broadcast(self, c: Cpu, t: Thread, op: Broadcast) -> bool:
         if op.count <= 0:
             return True
-        self.broadcasting += 1
         self.broadcasts += op.count
-        per = op.base_ns + op.per_sender_ns * (self.broadcasting - 1)
-        if c.mode != M_SYS:
-            self._set_mode(c, M_SYS)
+        # Priced at one sender, then rescaled with everyone else for the real number.
+        total = op.base_ns * op.count
+        c.acct[M_SYS] += total
+        t.sys_ns += total
         c.bcast = op
-        self._push_cont(c, self.now + per * op.count)
+        c.slow = True
+        self._push_cont(c, self.now + total)
+        self.bcast_cpus.append(c)
+        self._rescale_broadcasts()
         return False
+
+    def _rescale_broadcasts(self) -> None:
+        """The number of CPUs broadcasting changed: what is left of each broadcast in
+        flight now goes at the rate for the new number (cost-anchors row 10: latency
+        grows almost linearly with concurrent senders). The change in cost is charged
+        to the sender as sys time."""
+        n = len(self.bcast_cpus)
+        now = self.now
+        for x in self.bcast_cpus:
+            op = x.bcast
+            left = x.cont_at - now  # type: ignore[operator]
+            if left <= 0 or x.bcast_rate == n:
+                x.bcast_rate = n
+                continue
+            old = op.base_ns + op.per_sender_ns * (x.bcast_rate - 1)  # type: ignore[union-attr]
+            new = op.base_ns + op.per_sender_ns * (n - 1)  # type: ignore[union-attr]
+            x.bcast_rate = n
+            if old <= 0 or old == new:
+                continue
+            new_left = left * new // old
+            x.acct[M_SYS] += new_left - left
+            x.thread.sys_ns += new_left - left  # type: ignore[union-attr]
+            self._push_cont(x, now + new_left)
 
     def _op_yield(self, c: Cpu, t: Thread, op: Yield) -> bool:
         if not c.runq or self.now < c.quantum_end:
@@ -574,19 +718,25 @@ class Engine:
             raise LockError(f"{t.name} exited holding {names}")
         if self.log is not None:
             self.log.append((self.now, c.index, t.tid, "exit"))
-        self._set_mode(c, M_IDLE)
         t.state = DEAD
         t.exit_ns = self.now
-        t.cpu = None
-        c.thread = None
+        self._leave_cpu(c, t)
         self._dispatch(c)
 
     # -- switching -------------------------------------------------------------------
 
+    def _leave_cpu(self, c: Cpu, t: Thread) -> None:
+        t.last_cpu = c.index
+        t.cpu = None
+        c.thread = None
+        c.slow = False
+        c.idle_since = self.now
+        if self.switch_hook is not None:
+            self.switch_hook(c.index, None)
+
     def _switch_out(self, c: Cpu, t: Thread) -> None:
         """``t`` leaves ``c``. Locks that are dropped across a switch (the kernel lock)
         are released with every level and remembered, as ``mi_switch`` does."""
-        self._set_mode(c, M_IDLE)
         for lock in list(t.held):
             if lock.release_on_switch:
                 depth = lock.depth(t)
@@ -594,9 +744,7 @@ class Engine:
                 t.saved_depths.append((lock, depth))
                 if granted:
                     self._hand_to(lock, granted)
-        t.last_cpu = c.index
-        t.cpu = None
-        c.thread = None
+        self._leave_cpu(c, t)
 
     def _dispatch(self, c: Cpu) -> None:
         """``c`` has no thread: take one from its queue, or from the longest other
@@ -608,8 +756,6 @@ class Engine:
                 if x.runq and (victim is None or len(x.runq) > len(victim.runq)):
                     victim = x
             if victim is None:
-                if c.mode != M_IDLE:
-                    self._set_mode(c, M_IDLE)
                 return
             q = victim.runq
         if len(q) > 1:
@@ -618,19 +764,25 @@ class Engine:
             del q[i]
         else:
             t = q.popleft()
+        self._idle_end(c)
         c.dispatch_pending = False
         t.state = ONPROC
         t.cpu = c.index
         c.thread = t
         c.quantum_end = self.now + self.quantum
-        self._set_mode(c, M_SYS)
+        if self.switch_hook is not None:
+            self.switch_hook(c.index, t)
         at = self.now
         if t is not c.last_thread:
             c.switches += 1
             c.last_thread = t
             at += self.ctxsw
+            c.acct[M_SYS] += self.ctxsw
+            t.sys_ns += self.ctxsw
         # Through the heap, not a direct call: a chain of threads that exit or sleep at
-        # once must not nest on the Python stack.
+        # once must not nest on the Python stack. Locks to retake and cut user runs
+        # are the slow path's business.
+        c.slow = bool(t.saved_depths or t.interlock is not None or t.run_left)
         self._push_cont(c, at)
 
     def _retake_locks(self, c: Cpu, t: Thread) -> bool:
@@ -647,19 +799,15 @@ class Engine:
             else:
                 got = lock.acquire(t, EXCLUSIVE, now)
             if not got:
-                self._set_mode(c, M_SPIN)
-                c.spinning_on = lock
+                self._spin_begin(c, lock)
                 return False
             t.saved_depths.pop(0)
         il = t.interlock
         if il is not None:
-            if il.holds(t):
-                t.interlock = None
-            elif il.acquire(t, EXCLUSIVE, now):
+            if il.holds(t) or il.acquire(t, EXCLUSIVE, now):
                 t.interlock = None
             else:
-                self._set_mode(c, M_SPIN)
-                c.spinning_on = il
+                self._spin_begin(c, il)
                 return False
         return True
 
@@ -673,18 +821,17 @@ class Engine:
                 out.append((t, f"sleeping on {t.wmesg}"))
             elif t.state == ONPROC:
                 c = self.cpus[t.cpu]  # type: ignore[index]
-                what = c.spinning_on.name if c.spinning_on else "IPI acks"
-                out.append((t, f"spinning on {what}"))
+                if c.spin_since >= 0:
+                    what = c.spinning_on.name if c.spinning_on else "IPI acks"
+                    out.append((t, f"spinning on {what}"))
         return out
 
     def _check_stuck(self) -> None:
-        """Nothing is pending. A thread still on a CPU, or asleep on a lock, will never
-        move again: that is a deadlock (design.md invariant 7). Threads asleep on a
-        channel may be waiting for work on purpose; the kernel layer judges those."""
+        """Nothing is pending. A thread spinning on a CPU, or asleep on a lock, will
+        never move again: that is a deadlock (design.md invariant 7). Threads asleep on
+        a channel may be waiting for work on purpose; the kernel layer judges those."""
         stuck = [
-            (t, why)
-            for t, why in self.blocked()
-            if t.state == ONPROC or isinstance(t.wchan, Lock)
+            (t, why) for t, why in self.blocked() if t.state == ONPROC or isinstance(t.wchan, Lock)
         ]
         if stuck:
             desc = "; ".join(f"{t.name} {why}" for t, why in stuck)

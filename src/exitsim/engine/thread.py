@@ -48,10 +48,10 @@ class Thread:
         "exit_ns",
     )
 
-    def __init__(self, tid: int, name: str, gen: KPath) -> None:
+    def __init__(self, tid: int, name: str, gen: KPath | None) -> None:
         self.tid = tid
         self.name = name
-        self.gen = gen
+        self.gen: KPath = gen  # type: ignore[assignment]  # set by Engine.spawn
         self.state = RUNNABLE
         self.cpu: int | None = None
         self.last_cpu: int | None = None
