@@ -133,8 +133,12 @@ def run_bare(nthreads: int, iters: int) -> tuple[dict, float]:
         "makespan_ns": now,
         "threads": [(user[k], sys_[k], spin[k]) for k in range(nthreads)],
         "lock": {
-            "acquisitions": acq, "contended": cont, "wait_ns": wait, "max_wait_ns": max_wait,
-            "hold_ns": hold, "max_hold_ns": max_hold,
+            "acquisitions": acq,
+            "contended": cont,
+            "wait_ns": wait,
+            "max_wait_ns": max_wait,
+            "hold_ns": hold,
+            "max_hold_ns": max_hold,
         },
     }
     return result, elapsed
@@ -144,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--iterations", type=int, default=5_000)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=10)
     a = ap.parse_args()
     best_e = best_b = float("inf")
     for _ in range(a.repeat):
@@ -157,10 +161,14 @@ def main() -> None:
         raise SystemExit(f"the two sides disagree on {', '.join(diff)}")
     ops_e = ops_b = res_e["ops"]
     rate_e, rate_b = ops_e / best_e, ops_b / best_b
-    print(f"machine: {platform.machine()} {platform.python_implementation()} "
-          f"{platform.python_version()}")
-    print(f"model: {a.threads} threads on {a.threads} CPUs, {a.iterations} rounds, "
-          f"{ops_e} ops, best of {a.repeat}")
+    print(
+        f"machine: {platform.machine()} {platform.python_implementation()} "
+        f"{platform.python_version()}"
+    )
+    print(
+        f"model: {a.threads} threads on {a.threads} CPUs, {a.iterations} rounds, "
+        f"{ops_e} ops, best of {a.repeat}"
+    )
     print(f"engine: {rate_e:,.0f} ops/s ({best_e:.3f} s)")
     print(f"bare loop: {rate_b:,.0f} ops/s ({best_b:.3f} s)")
     print(f"engine/bare ratio: {rate_e / rate_b:.2f}")

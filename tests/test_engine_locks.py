@@ -190,7 +190,7 @@ def test_kernel_lock_release_all_returns_depth_and_acquire_count_restores_it() -
     t = spawn(eng, "p1", body)
     run_to_end(eng)
     assert seen["levels"] == 3
-    assert seen["granted"] == []
+    assert list(seen["granted"]) == []
     assert seen["after_release"] == (0, None, False)
     assert seen["got"] is True
     assert seen["after_acquire"] == (3, True, 0)

@@ -3,7 +3,7 @@
 The locks live in the engine, not in ``kern/``, because the engine has to know what a
 waiter does while it waits: a spinner keeps its CPU and burns it (spin time, charged to
 the spinner as sys time, as a real kernel does), a sleeper gives its CPU up. That decides
-the timing and, for the interleaving explorer, which CPUs can move. ``kern/lock.py``
+the timing and, for the interleaving explorer, which CPUs can move. ``engine/sync.py``
 gives the same objects their OpenBSD names (``mtx_enter``, ``KERNEL_LOCK``,
 ``__mp_release_all``, ``rw_enter_write``, ...).
 
@@ -213,7 +213,12 @@ class TicketLock(Lock):
         owner = self.owner
         if owner is None:
             if not self.waiters:
-                self._grant(t, mode, now)
+                self.owner = t
+                self.since = now
+                self._depth = 1
+                t.held.append(self)
+                if t.pending_depth:
+                    self._apply_pending(t)
                 self.stats.acquisitions += 1
                 return True
         elif owner is t:

@@ -12,7 +12,8 @@ The set is kept small on purpose:
 ``Acquire``  take a lock (spinning or sleeping, by the lock's kind)
 ``Release``  drop one hold on a lock
 ``Sleep``    sleep on a channel until a ``Wakeup`` of it
-``Wakeup``   make every sleeper on a channel runnable
+``Wakeup``   make every sleeper on a channel runnable (and every spin-waiter go on)
+``SpinWait`` spin on the CPU until a ``Wakeup`` of a channel (a busy-wait on memory)
 ``Ipi``      interrupt other CPUs, run a handler there, wait for every ack
 ``Broadcast`` issue hardware-broadcast TLB invalidations and wait for them
 ``Yield``    a preemption point (``sched_pause``/``yield``)
@@ -82,6 +83,17 @@ class Sleep:
 
 
 @dataclass(frozen=True, slots=True)
+class SpinWait:
+    """Spin on this CPU until ``chan`` is woken: a busy-wait on a memory word, such as
+    arm64 ``pmap_purge`` spinning while ``pm_active != 1``. The caller re-checks its
+    condition after each wake (``while cond: yield SpinWait(chan)``); whoever changes
+    the word does ``Wakeup(chan)``."""
+
+    chan: Hashable
+    wmesg: str = "spin"
+
+
+@dataclass(frozen=True, slots=True)
 class Wakeup:
     """Make every thread sleeping on ``chan`` runnable (wakeup(9))."""
 
@@ -127,7 +139,7 @@ class Exit:
     """The thread is dead; its CPU picks another thread."""
 
 
-Op = Run | Acquire | Release | Sleep | Wakeup | Ipi | Broadcast | Yield | Exit
+Op = Run | Acquire | Release | Sleep | SpinWait | Wakeup | Ipi | Broadcast | Yield | Exit
 
 #: Reusable instances of the ops that carry no data.
 YIELD = Yield()

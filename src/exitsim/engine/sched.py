@@ -40,6 +40,7 @@ from exitsim.engine.ops import (
     Release,
     Run,
     Sleep,
+    SpinWait,
     Wakeup,
     Yield,
 )
@@ -52,6 +53,9 @@ M_SPIN = 2
 M_IDLE = 3
 M_INTR = 4
 MODE_NAMES = ("user", "sys", "spin", "idle", "intr")  # indices into Cpu.acct
+
+_heappush = heapq.heappush
+_heappop = heapq.heappop
 
 # Heap entry kinds. When two entries fall on the same nanosecond, seq decides.
 K_CONT = 0  # a CPU goes on with its thread (token must match)
@@ -162,6 +166,7 @@ class Engine:
         self.cpus = [Cpu(i) for i in range(config.ncpu)]
         self.threads: list[Thread] = []
         self.sleepq: dict[object, list[Thread]] = {}
+        self.spinq: dict[object, list[Thread]] = {}
         self.bcast_cpus: list[Cpu] = []  # CPUs with a broadcast in flight, in start order
         self.events = 0
         self.ops = 0
@@ -179,6 +184,7 @@ class Engine:
             Acquire: self._op_acquire,
             Release: self._op_release,
             Sleep: self._op_sleep,
+            SpinWait: self._op_spinwait,
             Wakeup: self._op_wakeup,
             Ipi: self._op_ipi,
             Broadcast: self._op_broadcast,
@@ -238,23 +244,32 @@ class Engine:
             c.runq.append(t)
 
     def wakeup(self, chan: object) -> int:
-        """wakeup(9) from outside a thread (an interrupt, a timer). Returns how many."""
+        """wakeup(9): sleepers on ``chan`` become runnable and spin-waiters on it go on.
+        Also callable from outside a thread (a timer). Returns how many."""
+        n = 0
+        spinners = self.spinq.pop(chan, None)
+        if spinners:
+            for t in spinners:
+                t.wchan = None
+                self._push_cont(self.cpus[t.cpu], self.now)  # type: ignore[index]
+            n += len(spinners)
         sleepers = self.sleepq.pop(chan, None)
-        if not sleepers:
-            return 0
-        for t in sleepers:
-            t.wchan = None
-            self.make_runnable(t)
-        return len(sleepers)
+        if sleepers:
+            for t in sleepers:
+                t.wchan = None
+                self.make_runnable(t)
+            n += len(sleepers)
+        return n
 
     # -- the loops -------------------------------------------------------------------
 
     def run(self, until: int | None = None, max_events: int | None = None) -> None:
         """Timed mode: pop the heap in (time, seq) order until it is empty."""
         heap = self.heap
-        pop = heapq.heappop
+        pop = _heappop
         cpus = self.cpus
         resume = self._resume
+        on_cont = self._on_cont
         n = 0
         bounded = until is not None or max_events is not None
         if until is None:
@@ -270,14 +285,29 @@ class Engine:
                 n += 1
                 # NOTE: the common case (a CPU goes on with its thread) is handled here
                 # rather than in _step, for speed; see bench/engine.py.
-                if entry[2] == K_CONT:
+                if entry[2] == 0:  # K_CONT
                     c = cpus[entry[3]]
                     if c.token == entry[4]:
                         c.cont_at = None
-                        if c.slow:
-                            self._on_cont(c)
-                        else:
+                        if not c.slow:
                             resume(c, c.thread)  # type: ignore[arg-type]
+                        elif (
+                            c.spinning_on is not None
+                            and not (t := c.thread).saved_depths  # type: ignore[union-attr]
+                            and t.interlock is None  # type: ignore[union-attr]
+                        ):
+                            # NOTE: a spinner handed its lock, inlined for speed; the
+                            # same steps as _on_cont when there is nothing to retake.
+                            dt = entry[0] - c.spin_since
+                            c.acct[2] += dt  # M_SPIN
+                            t.sys_ns += dt  # type: ignore[union-attr]
+                            t.spin_ns += dt  # type: ignore[union-attr]
+                            c.spin_since = -1
+                            c.spinning_on = None
+                            c.slow = False
+                            resume(c, t)  # type: ignore[arg-type]
+                        else:
+                            on_cont(c)
                 else:
                     self._step(entry)
         finally:
@@ -357,10 +387,11 @@ class Engine:
         kind = e[2]
         if kind in (K_CONT, K_DISPATCH):
             return str(e[3])
+        # A sender has at most one IPI in flight, so (target, sender) names it.
         if kind == K_INTR:
-            return f"i{e[3]}"
+            return f"i{e[3]}.{e[4][0]}"
         if kind == K_INTR_DONE:
-            return f"a{e[3]}"
+            return f"a{e[3]}.{e[4][0]}"
         return f"t{e[1]}"
 
     def _step(self, e: tuple[int, int, int, Any, Any]) -> None:
@@ -420,7 +451,12 @@ class Engine:
         if t is None:
             return
         if c.spin_since >= 0:
-            self._spin_end(c, t)
+            dt = self.now - c.spin_since
+            c.acct[M_SPIN] += dt
+            t.sys_ns += dt
+            t.spin_ns += dt
+            c.spin_since = -1
+            c.spinning_on = None
         if c.bcast is not None:
             op = c.bcast
             c.bcast = None
@@ -438,10 +474,9 @@ class Engine:
     def _resume(self, c: Cpu, t: Thread) -> None:
         """Send into ``t``'s generator and handle ops until one takes time or blocks."""
         send = t.gen.send
-        handlers = self._handlers
         log = self.log
+        step_each_op = self.step_each_op
         now = self.now
-        acct = c.acct
         n = 0
         try:
             while True:
@@ -460,25 +495,32 @@ class Engine:
                     ns = op.ns
                     if ns > 0:
                         end = now + ns
-                        if op.mode == USER:
+                        if op.mode == 0:  # USER
                             if end > c.quantum_end:
                                 self._op_run(c, t, op)
                                 return
-                            acct[M_USER] += ns
+                            c.acct[0] += ns  # M_USER
                             t.user_ns += ns
                         else:
-                            acct[M_SYS] += ns
+                            c.acct[1] += ns  # M_SYS
                             t.sys_ns += ns
                         tok = c.token + 1
                         c.token = tok
                         c.cont_at = end
-                        self.seq += 1
-                        heapq.heappush(self.heap, (end, self.seq, K_CONT, c.index, tok))
+                        seq = self.seq + 1
+                        self.seq = seq
+                        _heappush(self.heap, (end, seq, 0, c.index, tok))  # K_CONT
                         return
                     if ns < 0:
                         raise ValueError(f"thread {t.name}: Run of negative time {ns}")
                 elif cls is Acquire:
                     if op.count != 1 or not op.lock.acquire(t, op.mode, now):
+                        if op.count == 1 and op.lock.spins:
+                            # NOTE: the common wait, spinning, inlined for speed.
+                            c.spin_since = now
+                            c.spinning_on = op.lock
+                            c.slow = True
+                            return
                         if not self._op_acquire_waits(c, t, op):
                             return
                 elif cls is Release:
@@ -486,12 +528,12 @@ class Engine:
                     if granted:
                         self._hand_to(op.lock, granted)
                 else:
-                    h = handlers.get(cls)
+                    h = self._handlers.get(cls)
                     if h is None:
                         raise BadYield(self._bad_yield_message(t, op))
                     if not h(c, t, op):
                         return
-                if self.step_each_op:
+                if step_each_op:
                     self._push_cont(c, now)
                     return
         finally:
@@ -535,13 +577,16 @@ class Engine:
         return False
 
     def _continue_user_run(self, c: Cpu, t: Thread) -> None:
-        if c.runq:
-            self._switch_out(c, t)
-            t.state = RUNNABLE
-            c.runq.append(t)
-            self._dispatch(c)
-            return
-        c.quantum_end = self.now + self.quantum
+        # Only a quantum that is over ends the run: a thread just switched back in to
+        # finish a cut run has a fresh quantum and must not be sent away at once.
+        if self.now >= c.quantum_end:
+            if c.runq:
+                self._switch_out(c, t)
+                t.state = RUNNABLE
+                c.runq.append(t)
+                self._dispatch(c)
+                return
+            c.quantum_end = self.now + self.quantum
         left = t.run_left
         t.run_left = 0
         self._op_run(c, t, Run(left, USER))
@@ -588,7 +633,12 @@ class Engine:
         sleeper by becoming runnable."""
         for w in granted:
             if w.state == ONPROC:
-                self._push_cont(self.cpus[w.cpu], self.now)  # type: ignore[index]
+                c = self.cpus[w.cpu]  # type: ignore[index]
+                at = self.now if self.now >= c.intr_until else c.intr_until
+                c.token += 1
+                c.cont_at = at
+                self.seq += 1
+                heapq.heappush(self.heap, (at, self.seq, K_CONT, c.index, c.token))
             else:
                 w.wchan = None
                 self.make_runnable(w)
@@ -614,6 +664,13 @@ class Engine:
         self.sleepq.setdefault(op.chan, []).append(t)
         self._switch_out(c, t)
         self._dispatch(c)
+        return False
+
+    def _op_spinwait(self, c: Cpu, t: Thread, op: SpinWait) -> bool:
+        self._spin_begin(c, None)
+        t.wchan = op.chan
+        t.wmesg = op.wmesg
+        self.spinq.setdefault(op.chan, []).append(t)
         return False
 
     def _op_wakeup(self, c: Cpu, t: Thread, op: Wakeup) -> bool:
@@ -769,7 +826,6 @@ class Engine:
         t.state = ONPROC
         t.cpu = c.index
         c.thread = t
-        c.quantum_end = self.now + self.quantum
         if self.switch_hook is not None:
             self.switch_hook(c.index, t)
         at = self.now
@@ -779,6 +835,8 @@ class Engine:
             at += self.ctxsw
             c.acct[M_SYS] += self.ctxsw
             t.sys_ns += self.ctxsw
+        # The quantum starts when the thread does, after the switch.
+        c.quantum_end = at + self.quantum
         # Through the heap, not a direct call: a chain of threads that exit or sleep at
         # once must not nest on the Python stack. Locks to retake and cut user runs
         # are the slow path's business.
@@ -822,7 +880,12 @@ class Engine:
             elif t.state == ONPROC:
                 c = self.cpus[t.cpu]  # type: ignore[index]
                 if c.spin_since >= 0:
-                    what = c.spinning_on.name if c.spinning_on else "IPI acks"
+                    if c.spinning_on is not None:
+                        what = c.spinning_on.name
+                    elif t.wchan is not None:
+                        what = t.wmesg
+                    else:
+                        what = "IPI acks"
                     out.append((t, f"spinning on {what}"))
         return out
 

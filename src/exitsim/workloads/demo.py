@@ -18,8 +18,8 @@ from typing import Any
 from exitsim.engine.locks import TicketLock
 from exitsim.engine.ops import USER, Run
 from exitsim.engine.sched import Engine
+from exitsim.engine.sync import KERNEL_LOCK, KERNEL_UNLOCK
 from exitsim.engine.thread import KPath, Thread
-from exitsim.kern.lock import KERNEL_LOCK, KERNEL_UNLOCK
 from exitsim.machine.arch import pmap_tlb_shootrange, ttlb_flush_range
 from exitsim.machine.costs import CostProfile
 from exitsim.machine.machine import Machine

@@ -1,4 +1,8 @@
-"""OpenBSD's locking calls, by their names, over the engine's lock objects.
+"""OpenBSD's locking and sleep calls, by their names, over the engine's lock objects.
+
+They live in the engine rather than in ``kern/`` because ``vm/`` needs them too
+(``uvmspace_purge`` takes the kernel lock around ``shmexit``) and ``vm/`` never imports
+``kern/``.
 
 A call that may spin or sleep is a generator (``yield from KERNEL_LOCK(sim)``); a call
 that only looks is a plain function. The kernel lock is ``sim.kernel_lock``: there is no
