@@ -6,7 +6,7 @@ recursive ticket lock) and the sleeping ``rwlock`` (openbsd-exit-path.md section
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,33 +25,11 @@ from exitsim.engine.ops import (
 )
 from exitsim.engine.sched import M_SPIN, Engine, EngineConfig
 from exitsim.engine.thread import Thread
-
-Body = Generator[Any, None, Any]
+from tests.enginekit import Body, run_to_end, spawn
 
 
 def make_engine(ncpu: int = 2, **kw: Any) -> Engine:
     return Engine(EngineConfig(ncpu=ncpu, **kw))
-
-
-def spawn(
-    eng: Engine, name: str, fn: Callable[..., Body], *args: Any, at: int | None = None
-) -> Thread:
-    """Spawn ``fn(me, *args)``: the generator gets its own Thread as ``me``."""
-    cell: list[Thread] = []
-
-    def body() -> Body:
-        return (yield from fn(cell[0], *args))
-
-    t = eng.spawn(name, body(), at=at)
-    cell.append(t)
-    return t
-
-
-def run_to_end(eng: Engine, max_events: int = 100_000) -> None:
-    """Run until the heap drains; a run that never drains is a failure, not a hang."""
-    eng.run(max_events=max_events)
-    assert not eng.heap, f"engine still busy after {max_events} events at t={eng.now}ns"
-    eng.finish()
 
 
 def critical(

@@ -8,7 +8,6 @@ kernel code under the timed and the untimed scheduler, a schedule replayed exact
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
@@ -48,29 +47,7 @@ from exitsim.engine.sched import (
     EngineConfig,
 )
 from exitsim.engine.thread import DEAD, Thread
-
-Body = Generator[Any, None, Any]
-
-
-def spawn(
-    eng: Engine, name: str, fn: Callable[..., Body], *args: Any, at: int | None = None
-) -> Thread:
-    """Spawn ``fn(me, *args)``: the generator gets its own Thread as ``me``."""
-    cell: list[Thread] = []
-
-    def body() -> Body:
-        return (yield from fn(cell[0], *args))
-
-    t = eng.spawn(name, body(), at=at)
-    cell.append(t)
-    return t
-
-
-def run_to_end(eng: Engine, max_events: int = 100_000) -> None:
-    """Run until the heap drains; a run that never drains is a failure, not a hang."""
-    eng.run(max_events=max_events)
-    assert not eng.heap, f"engine still busy after {max_events} events at t={eng.now}ns"
-    eng.finish()
+from tests.enginekit import Body, run_to_end, spawn
 
 
 def run_untimed(eng: Engine, max_steps: int = 100_000) -> None:
