@@ -27,7 +27,7 @@ def granularity(request: pytest.FixtureRequest) -> str:
 
 def cached(tlb: ExactTlb | RangeTlb, cpu: int, asid: int, vpn: int) -> bool:
     """Whether ``vpn`` of ``asid`` is cached on ``cpu``, for either model (ExactTlb
-    answers with the ppn, which may be 0; RangeTlb with a bool)."""
+    and RangeTlb both answer with the ppn, which may be 0)."""
     r = tlb.lookup(cpu, asid, vpn)
     return r is not None and r is not False
 
@@ -424,7 +424,7 @@ def test_exact_tlb_matches_a_dict_reference_model(ops: list[tuple]) -> None:
 @settings(derandomize=True, deadline=None, max_examples=300)
 @given(st.lists(OPS, max_size=40))
 def test_range_tlb_matches_a_set_reference_model(ops: list[tuple]) -> None:
-    """RangeTlb, which drops the physical pages, caches the same (cpu, asid, vpn) set as
+    """RangeTlb, which keeps ranges, caches the same (cpu, asid, vpn) set as
     the reference model, reports the same dropped counts in pages, keeps each ASID's
     ranges disjoint and non-empty, and covers() names the CPUs the set names."""
     tlb = RangeTlb(NCPU)
@@ -440,7 +440,7 @@ def test_range_tlb_matches_a_set_reference_model(ops: list[tuple]) -> None:
             assert all(e1 <= s2 for (_, e1), (s2, _) in pairwise(spans))
         for asid in range(4):
             for vpn in range(0, 64):
-                assert tlb.lookup(cpu, asid, vpn) == ((cpu, asid, vpn) in model)
+                assert (tlb.lookup(cpu, asid, vpn) is not None) == ((cpu, asid, vpn) in model)
     for asid in range(4):
         for start, end in ((0, 64), (0, 10), (10, 20), (20, 64)):
             want = sorted({c for c, a, v in model if a == asid and start <= v < end})

@@ -35,6 +35,19 @@ COST_KEYS: dict[str, str] = {
     "tlbi_ns": "one broadcast TLB invalidation (tlbi ...is + dsb ish) with one sender",
     "tlbi_per_sender_ns": "extra per broadcast for each other CPU broadcasting meanwhile",
     "kernel_lock_section_ns": "a short kernel-locked section of a syscall (demo workload)",
+    "page_alloc_ns": "take one page off the free lists (under the free-page lock)",
+    "page_free_ns": "put one page back on the free lists (under the free-page lock)",
+    "pte_ns": "set or clear one PTE with its pv entry and counters",
+    "pmap_lookup_ns": "look up one virtual page in arm64 pmap_remove's walk of a range",
+    "ptp_scan_ns": "check one 2 MB block's page-directory entry in amd64 pmap_do_remove",
+    "page_zero_ns": "zero one 4 KiB page (zero-fill fault)",
+    "page_copy_ns": "copy one 4 KiB page (copy-on-write fault)",
+    "fault_ns": "one page fault's trap and lookups, besides its page work",
+    "map_entry_ns": "create, kill or free one vm_map_entry",
+    "amap_slot_ns": "touch one amap slot (reference count, bitmap)",
+    "pmap_create_ns": "create a pmap with its root table",
+    "pmap_destroy_ns": "free a pmap's structure and root table",
+    "vmspace_ns": "allocate or free a vmspace and set up or drop its map",
 }
 
 
@@ -56,6 +69,19 @@ class Costs:
     tlbi_ns: int
     tlbi_per_sender_ns: int
     kernel_lock_section_ns: int
+    page_alloc_ns: int
+    page_free_ns: int
+    pte_ns: int
+    pmap_lookup_ns: int
+    ptp_scan_ns: int
+    page_zero_ns: int
+    page_copy_ns: int
+    fault_ns: int
+    map_entry_ns: int
+    amap_slot_ns: int
+    pmap_create_ns: int
+    pmap_destroy_ns: int
+    vmspace_ns: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ it is the arch's business (``machine/arch.py``).
 
 from __future__ import annotations
 
+from sortedcontainers import SortedDict
+
 
 class ExactTlb:
     """Every translation, per CPU: ``entries[cpu][asid][vpn] = ppn``."""
@@ -86,43 +88,78 @@ class ExactTlb:
             return sum(len(s) for s in self.entries[cpu].values())
         return len(self.entries[cpu].get(asid, ()))
 
-    def reaches(self, ppn: int) -> bool:
-        """Whether any CPU's TLB may still translate some virtual page to ``ppn``."""
-        return ppn in self.refs
+    def reaches(self, ppn: int, npages: int = 1) -> bool:
+        """Whether any CPU's TLB may still translate some virtual page into the pages
+        [ppn, ppn+npages)."""
+        refs = self.refs
+        if npages == 1:
+            return ppn in refs
+        return any(p in refs for p in range(ppn, ppn + npages))
 
-    def holders(self, ppn: int) -> list[tuple[int, int, int]]:
-        """Every (cpu, asid, vpn) whose translation leads to ``ppn``, in order."""
+    def holders(self, ppn: int, npages: int = 1) -> list[tuple[int, int, int]]:
+        """Every (cpu, asid, vpn) whose translation leads into the pages, in order."""
+        if not self.reaches(ppn, npages):
+            return []
         out = []
         for cpu, spaces in enumerate(self.entries):
             for asid in sorted(spaces):
-                out.extend((cpu, asid, v) for v, p in sorted(spaces[asid].items()) if p == ppn)
+                out.extend(
+                    (cpu, asid, v)
+                    for v, p in sorted(spaces[asid].items())
+                    if ppn <= p < ppn + npages
+                )
         return out
 
 
 class RangeTlb:
-    """Cached virtual ranges per CPU and ASID: ``ranges[cpu][asid][start] = end``.
+    """Cached virtual ranges per CPU and ASID: ``ranges[cpu][asid][start] = end``, with
+    the physical page the range starts at in ``phys[cpu][asid][start]``.
 
     The ranges of one ASID on one CPU never overlap; a fill over an existing range
-    replaces the overlap. Counts are in pages.
+    replaces the overlap. Counts are in pages. A fill always covers part of one page run
+    (one allocation of contiguous pages), so "may a TLB reach the run [p, p+n)?" is
+    whether some cached range starts inside it: ``rev`` counts cached ranges by their
+    first physical page, in order.
     """
 
-    __slots__ = ("ranges",)
+    __slots__ = ("phys", "ranges", "rev")
 
     def __init__(self, ncpu: int) -> None:
         self.ranges: list[dict[int, dict[int, int]]] = [{} for _ in range(ncpu)]
+        self.phys: list[dict[int, dict[int, int]]] = [{} for _ in range(ncpu)]
+        self.rev: SortedDict = SortedDict()
+
+    def _add(self, cpu: int, asid: int, s: int, e: int, p: int) -> None:
+        self.ranges[cpu].setdefault(asid, {})[s] = e
+        self.phys[cpu].setdefault(asid, {})[s] = p
+        self.rev[p] = self.rev.get(p, 0) + 1
+
+    def _drop(self, cpu: int, asid: int, s: int) -> tuple[int, int]:
+        e = self.ranges[cpu][asid].pop(s)
+        p = self.phys[cpu][asid].pop(s)
+        n = self.rev[p] - 1
+        if n:
+            self.rev[p] = n
+        else:
+            del self.rev[p]
+        return e, p
 
     def fill(self, cpu: int, asid: int, vpn: int, ppn: int = 0, npages: int = 1) -> None:
-        """Cache ``npages`` translations from ``vpn`` on; ``ppn`` is not kept."""
+        """Cache ``npages`` translations from ``vpn`` to ``ppn`` on."""
         if npages <= 0:
             return
         self.invalidate_range(cpu, asid, vpn, vpn + npages)
-        self.ranges[cpu].setdefault(asid, {})[vpn] = vpn + npages
+        self._add(cpu, asid, vpn, vpn + npages, ppn)
 
-    def lookup(self, cpu: int, asid: int, vpn: int) -> bool:
+    def lookup(self, cpu: int, asid: int, vpn: int) -> int | None:
+        """The physical page ``vpn`` translates to, if cached."""
         space = self.ranges[cpu].get(asid)
         if not space:
-            return False
-        return any(s <= vpn < e for s, e in space.items())
+            return None
+        for s, e in space.items():
+            if s <= vpn < e:
+                return self.phys[cpu][asid][s] + (vpn - s)
+        return None
 
     def invalidate_page(self, cpu: int, asid: int, vpn: int) -> int:
         return self.invalidate_range(cpu, asid, vpn, vpn + 1)
@@ -136,19 +173,28 @@ class RangeTlb:
             e = space[s]
             if e <= start or s >= end:
                 continue
-            del space[s]
+            _, p = self._drop(cpu, asid, s)
             dropped += min(e, end) - max(s, start)
             if s < start:
-                space[s] = start
+                self._add(cpu, asid, s, start, p)
             if e > end:
-                space[end] = e
+                self._add(cpu, asid, end, e, p + (end - s))
         if not space:
             del self.ranges[cpu][asid]
+            del self.phys[cpu][asid]
         return dropped
 
     def invalidate_asid(self, cpu: int, asid: int) -> int:
-        space = self.ranges[cpu].pop(asid, None)
-        return sum(e - s for s, e in space.items()) if space else 0
+        space = self.ranges[cpu].get(asid)
+        if not space:
+            return 0
+        n = 0
+        for s in sorted(space):
+            e, _ = self._drop(cpu, asid, s)
+            n += e - s
+        del self.ranges[cpu][asid]
+        del self.phys[cpu][asid]
+        return n
 
     def invalidate_all(self, cpu: int) -> int:
         n = 0
@@ -169,6 +215,22 @@ class RangeTlb:
             sp = spaces.get(asid)
             if sp and any(s < end and e > start for s, e in sp.items()):
                 out.append(cpu)
+        return out
+
+    def reaches(self, ppn: int, npages: int = 1) -> bool:
+        """Whether any CPU's TLB may translate into the page run [ppn, ppn+npages)."""
+        return next(iter(self.rev.irange(ppn, ppn + npages - 1)), None) is not None
+
+    def holders(self, ppn: int, npages: int = 1) -> list[tuple[int, int, int]]:
+        """(cpu, asid, vpn) of every cached range reaching into the run, in order."""
+        if not self.reaches(ppn, npages):
+            return []
+        out = []
+        for cpu in range(len(self.ranges)):
+            for asid in sorted(self.phys[cpu]):
+                for s, p in sorted(self.phys[cpu][asid].items()):
+                    if ppn <= p < ppn + npages:
+                        out.append((cpu, asid, s))
         return out
 
 
