@@ -1,0 +1,138 @@
+"""The vm layer's shared state: OpenBSD's global ``struct uvm`` and ``uvmexp``, for one
+simulation, plus the invariant checks every vm operation runs.
+
+Everything in ``vm/`` takes a ``Uvm`` as its first argument (there are no globals, so
+two simulations can run side by side) and the current thread ``p`` where the C code
+uses ``curproc``.
+
+Units: addresses and sizes are in pages (virtual page numbers, ``vpn``), as are
+physical page numbers (``ppn``); ``PAGE_SIZE`` converts to bytes for reports.
+
+Granularity. In ``exact`` mode every page is its own object and every step goes page by
+page. In ``range`` mode one object stands for a run of pages that were faulted,
+mapped and freed together, and a step covers the run, with the same total costs.
+Range mode asks that operations stay aligned to the runs they touch (a fault or unmap
+covers whole runs); where one would not, it stops with an error saying so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from exitsim.engine.errors import InvariantViolation, SimError
+from exitsim.engine.locks import SpinMutex, TicketLock
+
+if TYPE_CHECKING:
+    from exitsim.engine.sched import Engine
+    from exitsim.engine.thread import Thread
+    from exitsim.machine.machine import Machine
+    from exitsim.vm.page import PhysMem
+    from exitsim.vm.pmap import Pmap
+
+PAGE_SIZE = 4096
+#: Pages mapped by one page-table page (a 2 MB block of 4 KiB pages): amd64 PTP,
+#: arm64 level-3 table.
+PTP_PAGES = 512
+
+
+class RangeAlignmentError(SimError):
+    """An operation in range mode would split a run of pages."""
+
+
+@dataclass(slots=True)
+class UvmCounters:
+    """Work done, as counts; a debug check compares them around a step."""
+
+    pmap_remove_calls: int = 0
+    ptes_removed: int = 0
+    pages_allocated: int = 0
+    pages_freed: int = 0
+    faults: int = 0
+    cow_copies: int = 0
+    zero_fills: int = 0
+    anons_freed: int = 0
+    amaps_freed: int = 0
+    entries_killed: int = 0
+    vmspaces_freed: int = 0
+    pmaps_destroyed: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def page_work(self) -> tuple[int, int, int]:
+        """What a second purge must not change: removals, frees, killed entries."""
+        return (self.ptes_removed, self.pages_freed, self.entries_killed)
+
+    def as_dict(self) -> dict[str, int]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
+        d.update(self.extra)
+        return d
+
+
+class Uvm:
+    """The vm state of one simulation (``struct uvm`` + ``uvmexp`` + the monitors)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        machine: Machine,
+        kernel_lock: TicketLock,
+        total_pages: int,
+        debug: bool = False,
+    ) -> None:
+        from exitsim.vm.page import PhysMem
+
+        self.engine = engine
+        self.machine = machine
+        self.costs = machine.costs
+        self.arch = machine.arch
+        self.tlb = machine.tlb
+        self.exact = machine.granularity == "exact"
+        self.debug = debug
+        self.kernel_lock = kernel_lock
+        #: The free-page lock (``uvm.fpageqlock``): every allocation and free takes it.
+        self.fpageqlock = SpinMutex("fpageqlock")
+        #: amd64 allows one TLB shootdown in flight (``tlb_shoot_wait``).
+        self.tlb_shoot_lock = SpinMutex("tlb_shoot_wait")
+        self.physmem: PhysMem = PhysMem(total_pages)
+        self.counters = UvmCounters()
+        #: Every pmap by its TLB tag (arm64 even ASID, amd64 pmap id). Tags are never
+        #: reused: ASID rollover is not modelled (the ASID space is 2^16 pairs).
+        self.pmaps: dict[int, Pmap] = {}
+        self.next_tag = 2
+        #: Locks worth reporting, by name.
+        self.locks: dict[str, Any] = {
+            "fpageqlock": self.fpageqlock,
+            "tlb_shoot_wait": self.tlb_shoot_lock,
+        }
+        self.next_shmid = 1
+        self.vnodes: dict[str, Any] = {}  # name -> UvmObject, the vnode cache
+        self.shm_segments: dict[int, Any] = {}  # shmid -> ShmSegment
+
+    @property
+    def now(self) -> int:
+        return self.engine.now
+
+    def new_tag(self) -> int:
+        tag = self.next_tag
+        self.next_tag += 2  # arm64 ASIDs come in pairs: tag and tag|1
+        return tag
+
+    def violation(
+        self, invariant: int, message: str, *objects: object, p: Thread | None = None
+    ) -> InvariantViolation:
+        """Build the error for a broken design.md invariant; the caller raises it."""
+        cpu = p.cpu if p is not None else None
+        return InvariantViolation(
+            invariant, message, objects=objects, cpu=cpu, time_ns=self.engine.now
+        )
+
+    def check(
+        self, cond: bool, invariant: int, message: str, *objects: object, p: Thread | None = None
+    ) -> None:
+        if not cond:
+            raise self.violation(invariant, message, *objects, p=p)
+
+    def cpu_of(self, p: Thread) -> int:
+        if p.cpu is None:
+            raise SimError(f"{p.name} is not on a CPU")
+        return p.cpu
