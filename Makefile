@@ -23,6 +23,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/teardown.py --arch arm64
+	$(BIN)/python bench/teardown.py --arch amd64
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,8 +20,14 @@ Body = Generator[Any, None, Any]
 class VmKit:
     """One simulated machine with the vm layer on it."""
 
-    def __init__(self, arch: str = "amd64", ncpu: int = 2, granularity: str = "exact",
-                 total_pages: int = 1 << 20, debug: bool = True) -> None:
+    def __init__(
+        self,
+        arch: str = "amd64",
+        ncpu: int = 2,
+        granularity: str = "exact",
+        total_pages: int = 1 << 20,
+        debug: bool = True,
+    ) -> None:
         self.machine = Machine(arch, ncpu, granularity)
         self.engine = Engine(self.machine.engine_config())
         self.kernel_lock = TicketLock("kernel_lock")
@@ -35,8 +41,9 @@ class VmKit:
             if vm.vm_map.pmap is not None:
                 pmap_switch(self.uvm, cpu, vm.vm_map.pmap)
 
-    def spawn(self, name: str, fn: Callable[..., Body], *args: Any, at: int | None = None
-              ) -> Thread:
+    def spawn(
+        self, name: str, fn: Callable[..., Body], *args: Any, at: int | None = None
+    ) -> Thread:
         return self.engine.spawn(name, lambda me: fn(me, *args), at=at)
 
     def run(self) -> None:

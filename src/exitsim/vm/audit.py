@@ -28,8 +28,12 @@ def expected_pages(uvm: Uvm, live: list[Vmspace]) -> dict[str, int]:
             if all(anon is not a for a in anons):
                 anons.append(anon)
     anon_pages = sum(a.an_page.npages for a in anons if a.an_page is not None)
-    ptp = sum(t.page.npages for vm in live if vm.vm_map.pmap is not None
-              for t in vm.vm_map.pmap.ptps.values())
+    ptp = sum(
+        t.page.npages
+        for vm in live
+        if vm.vm_map.pmap is not None
+        for t in vm.vm_map.pmap.ptps.values()
+    )
     objs = [*uvm.vnodes.values()]
     for seg in uvm.shm_segments.values():
         objs.append(seg.aobj)
@@ -55,8 +59,9 @@ def audit_pages(uvm: Uvm, live: list[Vmspace]) -> None:
                 f"vnode cache and shm segments hold {want[kind]}",
             )
     if pm.free + sum(pm.in_use.values()) != pm.total:
-        raise uvm.violation(2, f"free {pm.free} + in use {sum(pm.in_use.values())} "
-                               f"!= total {pm.total}")
+        raise uvm.violation(
+            2, f"free {pm.free} + in use {sum(pm.in_use.values())} != total {pm.total}"
+        )
 
 
 def audit_all_exited(uvm: Uvm) -> None:

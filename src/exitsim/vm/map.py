@@ -171,8 +171,9 @@ def uvm_map(
     etype: int = 0,
 ) -> KPath:
     """Map ``npages`` at ``start``: anonymous memory when ``obj`` is None, else the
-    object from ``objoff``. A private mapping is copy-on-write and needs-copy, as
-    ``mmap(MAP_PRIVATE)`` makes it; a shared one (shm, ``MAP_SHARED``) is neither.
+    object from ``objoff``; the caller's reference to ``obj`` passes to the entry. A
+    private mapping is copy-on-write and needs-copy, as ``mmap(MAP_PRIVATE)`` makes it;
+    a shared one (shm, ``MAP_SHARED``) is neither.
     => the range is free; the caller does not hold the map lock."""
     end = start + npages
     if npages <= 0 or start < map.min_offset or end > map.max_offset:

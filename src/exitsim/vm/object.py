@@ -67,11 +67,14 @@ class UvmObject:
 
 
 def uvn_attach(uvm: Uvm, name: str, npages: int) -> UvmObject:
-    """The vnode object of file ``name`` (one per name, kept in the vnode cache)."""
+    """The vnode object of file ``name`` (one per name, kept in the vnode cache), with
+    a new reference for the caller, which ``uvm_map`` hands to the map entry (as mmap
+    does with the reference ``uvn_attach`` returns)."""
     vn = uvm.vnodes.get(name)
     if vn is None:
         vn = UvmObject(VNODE, name, npages, 0)
         uvm.vnodes[name] = vn
+    vn.uo_refs += 1
     return vn
 
 
