@@ -179,6 +179,9 @@ class Engine:
         #: Called as ``switch_hook(cpu_index, thread)`` when a thread goes on a CPU, and
         #: with ``None`` when it leaves; the machine layer uses it for the loaded pmap.
         self.switch_hook: Callable[[int, Thread | None], None] | None = None
+        #: Called as ``exit_hook(cpu_index, thread)`` once a dead thread is off its CPU
+        #: (where OpenBSD's idle thread calls ``exit2``).
+        self.exit_hook: Callable[[int, Thread], None] | None = None
         self._handlers: dict[type, Callable[[Cpu, Thread, Any], bool]] = {
             Run: self._op_run,
             Acquire: self._op_acquire,
@@ -644,6 +647,8 @@ class Engine:
                 self.make_runnable(w)
 
     def _check_may_sleep(self, t: Thread, interlock: Lock | None, what: str) -> None:
+        if t.nosleep:
+            raise LockError(f"{t.name}: sleeping on {what} where it may not sleep")
         for lock in t.held:
             if isinstance(lock, SpinMutex) and lock is not interlock:
                 raise LockError(f"{t.name}: sleeping on {what} with spin mutex {lock.name} held")
@@ -778,6 +783,8 @@ class Engine:
         t.state = DEAD
         t.exit_ns = self.now
         self._leave_cpu(c, t)
+        if self.exit_hook is not None:
+            self.exit_hook(c.index, t)
         self._dispatch(c)
 
     # -- switching -------------------------------------------------------------------

@@ -46,6 +46,7 @@ class Thread:
         "interlock",
         "result",
         "exit_ns",
+        "nosleep",
     )
 
     def __init__(self, tid: int, name: str, gen: KPath | None) -> None:
@@ -70,6 +71,9 @@ class Thread:
         self.interlock: Lock | None = None
         self.result: Any = None
         self.exit_ns: int | None = None
+        #: Set where the kernel may no longer sleep (exit1 after SDEAD); a sleep then
+        #: is an error (openbsd-exit-path.md E4).
+        self.nosleep = False
 
     def __repr__(self) -> str:
         return f"<Thread {self.tid} {self.name}>"

@@ -48,6 +48,15 @@ COST_KEYS: dict[str, str] = {
     "pmap_create_ns": "create a pmap with its root table",
     "pmap_destroy_ns": "free a pmap's structure and root table",
     "vmspace_ns": "allocate or free a vmspace and set up or drop its map",
+    "syscall_ns": "system call entry and return, besides the call's body",
+    "fs_syscall_ns": "body of a kernel-locked file-system call (open, stat: namei)",
+    "io_syscall_ns": "body of an unlocked I/O call on cached data (read, write, close)",
+    "fork_ns": "fork1's own work besides the address space (process, files, creds)",
+    "exec_ns": "execve's own work besides the address space (namei, headers, args)",
+    "exit_ns": "exit1's own work besides the address space (files, timers, lists)",
+    "uarea_ns": "allocate or free a thread's u-area (kernel stack and pcb)",
+    "proc_ns": "allocate or free a struct proc / struct process",
+    "wait_ns": "one pass of dowait6 over the children, and process_zap",
 }
 
 
@@ -82,6 +91,15 @@ class Costs:
     pmap_create_ns: int
     pmap_destroy_ns: int
     vmspace_ns: int
+    syscall_ns: int
+    fs_syscall_ns: int
+    io_syscall_ns: int
+    fork_ns: int
+    exec_ns: int
+    exit_ns: int
+    uarea_ns: int
+    proc_ns: int
+    wait_ns: int
 
 
 @dataclass(frozen=True, slots=True)

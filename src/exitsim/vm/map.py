@@ -25,7 +25,7 @@ from exitsim.engine.ops import EXCLUSIVE, SHARED, YIELD, Acquire, Release, Run
 from exitsim.engine.thread import KPath
 from exitsim.vm.amap import PpRef, VmAmap, amap_unref
 from exitsim.vm.object import UvmObject, pgo_detach
-from exitsim.vm.pmap import Pmap, pmap_remove
+from exitsim.vm.pmap import Pmap, pmap_remove, pmap_tlb_flush_all
 
 if TYPE_CHECKING:
     from exitsim.engine.thread import Thread
@@ -224,13 +224,15 @@ def uvm_map_clip(map: VmMap, e: VmMapEntry, at: int) -> VmMapEntry:
     return upper
 
 
-def uvm_unmap_kill_entry(uvm: Uvm, p: Thread, map: VmMap, e: VmMapEntry) -> KPath:
+def uvm_unmap_kill_entry(
+    uvm: Uvm, p: Thread, map: VmMap, e: VmMapEntry, flush: bool = True
+) -> KPath:
     """Remove the entry's translations; its pages are not freed here."""
     uvm.check(not e.killed, 4, f"{e} of {map} killed twice", e, map, p=p)
     if e.wired_count:
         e.wired_count = 0
     if not e.etype & UVM_ET_HOLE:
-        yield from pmap_remove(uvm, p, map.pmap, e.start, e.end)  # type: ignore[arg-type]
+        yield from pmap_remove(uvm, p, map.pmap, e.start, e.end, flush)  # type: ignore[arg-type]
     e.killed = True
     uvm.counters.entries_killed += 1
 
@@ -289,10 +291,12 @@ def _bfs_order(keys: list[int]) -> list[int]:
     return out
 
 
-def uvm_map_teardown(uvm: Uvm, p: Thread, map: VmMap) -> KPath:
+def uvm_map_teardown(uvm: Uvm, p: Thread, map: VmMap, gather: bool = False) -> KPath:
     """The inverse of ``uvm_map_setup``: kill every entry, breadth first, with a yield
     point per entry, then empty the tree, drop the address selectors, unlock, and only
-    then detach the dead entries."""
+    then detach the dead entries. ``gather`` (not OpenBSD: the ``linux`` design) kills
+    without TLB maintenance and flushes the address space once, before the unlock and
+    so before any page is freed."""
     kassert(not map.flags & VM_MAP_INTRSAFE, "uvm_map_teardown: intrsafe map")
     yield from vm_map_lock(uvm, p, map)
     dead: list[VmMapEntry] = []
@@ -300,8 +304,10 @@ def uvm_map_teardown(uvm: Uvm, p: Thread, map: VmMap) -> KPath:
         yield YIELD  # sched_pause(yield)
         e = map.entries[start]
         yield Run(uvm.costs.map_entry_ns)
-        yield from uvm_unmap_kill_entry(uvm, p, map, e)
+        yield from uvm_unmap_kill_entry(uvm, p, map, e, flush=not gather)
         dead.append(e)
+    if gather and dead:
+        yield from pmap_tlb_flush_all(uvm, p, map.pmap)  # type: ignore[arg-type]
     if uvm.debug:
         # VMMAP_DEBUG: every tree node was queued, once.
         numt = len(map.entries)

@@ -25,6 +25,7 @@ A mapping covers a whole ``VmPage`` (one page, or one run in range mode) at ``vp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -89,6 +90,7 @@ class Pmap:
         "active_chan",
         "destroyed",
         "name",
+        "watch",
     )
 
     def __init__(self, tag: int, name: str) -> None:
@@ -105,6 +107,8 @@ class Pmap:
         self.active_chan = ("pm_active", tag)
         self.destroyed = False
         self.name = name
+        #: Called as ``watch(pmap, npages)`` when mappings go (a meter of the kernel).
+        self.watch: Callable[[Pmap, int], None] | None = None
 
     def __repr__(self) -> str:
         return f"<pmap {self.tag} of {self.name}>"
@@ -310,6 +314,8 @@ def _drop_pte(pm: Pmap, vpn: int) -> Pte:
     pte = pm.ptes.pop(vpn)
     n = pte.npages
     pte.page.pv.remove((pm, vpn))
+    if pm.watch is not None:
+        pm.watch(pm, n)
     pm.resident_count -= n
     if pte.wired:
         pm.wired_count -= n
@@ -320,18 +326,20 @@ def _drop_pte(pm: Pmap, vpn: int) -> Pte:
 # -- removing mappings ------------------------------------------------------------------
 
 
-def pmap_remove(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int) -> KPath:
-    """Remove every mapping in [sva, eva) of ``pm``; pages are not freed here."""
+def pmap_remove(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int, flush: bool = True) -> KPath:
+    """Remove every mapping in [sva, eva) of ``pm``; pages are not freed here.
+    ``flush=False`` gathers: no TLB maintenance, the caller flushes the whole address
+    space once before any page is freed (Linux's ``tlb_gather_mmu_fullmm``)."""
     if eva <= sva:
         return
     uvm.counters.pmap_remove_calls += 1
     if uvm.arch.broadcast_tlbi:
-        yield from _pmap_remove_arm64(uvm, p, pm, sva, eva)
+        yield from _pmap_remove_arm64(uvm, p, pm, sva, eva, flush)
     else:
-        yield from _pmap_remove_amd64(uvm, p, pm, sva, eva)
+        yield from _pmap_remove_amd64(uvm, p, pm, sva, eva, flush)
 
 
-def _pmap_remove_arm64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int) -> KPath:
+def _pmap_remove_arm64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int, flush: bool) -> KPath:
     """arm64 ``pmap_remove``: under ``pm_mtx``, look up every page of the range (even
     where nothing is mapped) and remove each valid one with ``ttlb_flush``: two
     broadcast TLBIs while ``pm_active > 0``, none after ``pmap_purge``."""
@@ -348,7 +356,7 @@ def _pmap_remove_arm64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int) -> KPa
                 yield Run(c.pte_ns)
                 _drop_pte(pm, vpn)
                 uvm.counters.ptes_removed += 1
-                if pm.pm_active > 0:
+                if pm.pm_active > 0 and flush:
                     yield from ttlb_flush_range(m, pm.asids, vpn, vpn + 1)
     else:
         yield Run(c.pmap_lookup_ns * (eva - sva))
@@ -357,12 +365,12 @@ def _pmap_remove_arm64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int) -> KPa
             yield Run(c.pte_ns * n)
             _drop_pte(pm, vpn)
             uvm.counters.ptes_removed += n
-            if pm.pm_active > 0:
+            if pm.pm_active > 0 and flush:
                 yield from ttlb_flush_range(m, pm.asids, vpn, vpn + n)
     yield Release(pm.pm_mtx)
 
 
-def _pmap_remove_amd64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int) -> KPath:
+def _pmap_remove_amd64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int, flush: bool) -> KPath:
     """amd64 ``pmap_do_remove``: under ``pm_mtx`` walk the populated 2 MB blocks, clear
     the valid PTEs and note page-table pages that became empty; then invalidate here if
     loaded here, shoot the other CPUs where the pmap is active, wait for their acks, and
@@ -385,11 +393,12 @@ def _pmap_remove_amd64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int) -> KPa
     empty = [pm.ptps.pop(b).page for b, t in ptps if t.valid == 0]
     targets = pmap_active_cpus(uvm, pm, me)
     yield Release(pm.pm_mtx)
-    if targets:
-        yield Acquire(uvm.tlb_shoot_lock)
-    yield from pmap_tlb_shootrange(m, me, pm.tag, sva, eva, targets, shootself)
-    if targets:
-        yield Release(uvm.tlb_shoot_lock)
+    if flush:
+        if targets:
+            yield Acquire(uvm.tlb_shoot_lock)
+        yield from pmap_tlb_shootrange(m, me, pm.tag, sva, eva, targets, shootself)
+        if targets:
+            yield Release(uvm.tlb_shoot_lock)
     yield from uvm_pglistfree(uvm, p, empty)
 
 
@@ -456,3 +465,18 @@ def pmap_tlb_flush_all(uvm: Uvm, p: Thread, pm: Pmap) -> KPath:
     yield from pmap_tlb_shoottlb(m, me, pm.tag, targets, m.curpm[me] is pm)
     if targets:
         yield Release(uvm.tlb_shoot_lock)
+
+
+def pmap_remove_pages(uvm: Uvm, p: Thread, pm: Pmap) -> KPath:
+    """FreeBSD's exit fast path (``pmap_remove_pages``): clear every user PTE of the
+    pmap by walking its mappings, not the address range, with no TLB maintenance; the
+    caller flushes the address space once afterwards. Page-table pages stay until the
+    pmap is released."""
+    uvm.counters.pmap_remove_calls += 1
+    yield Acquire(pm.pm_mtx)
+    for vpn in list(pm.ptes):
+        n = pm.ptes[vpn].npages
+        yield Run(uvm.costs.pte_ns * n)
+        _drop_pte(pm, vpn)
+        uvm.counters.ptes_removed += n
+    yield Release(pm.pm_mtx)

@@ -1,0 +1,124 @@
+"""``struct process`` and ``struct proc``: the fields the exit path reads and writes
+(sys/proc.h; openbsd-exit-path.md 8.1, 8.2)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from exitsim.engine.locks import SpinMutex
+from exitsim.engine.thread import Thread
+
+if TYPE_CHECKING:
+    from exitsim.vm.vmspace import Vmspace
+
+# ps_flags (sys/proc.h)
+PS_EXITING = 0x00000008
+PS_PPWAIT = 0x00000040
+PS_SINGLEEXIT = 0x00001000
+PS_NOZOMBIE = 0x00004000
+PS_SYSTEM = 0x00010000
+PS_ZOMBIE = 0x00040000
+PS_WAITEVENT = 0x10000000
+
+# p_flag (sys/proc.h)
+P_SYSTEM = 0x00000200
+P_WEXIT = 0x00002000
+P_THREAD = 0x04000000
+
+# p_stat (sys/proc.h)
+SIDL = 1
+SRUN = 2
+SSLEEP = 3
+SDEAD = 6
+SONPROC = 7
+
+# exit1 flags (sys/proc.h)
+EXIT_NORMAL = 0x00000001
+EXIT_THREAD = 0x00000002
+EXIT_THREAD_NOCHECK = 0x00000003
+
+# ps_sigacts->ps_sigflags
+SAS_NOCLDWAIT = 0x02
+
+
+class Process:
+    """``struct process``: what the threads of one process share."""
+
+    __slots__ = (
+        "ps_pid",
+        "ps_flags",
+        "ps_threads",
+        "ps_threadcnt",
+        "ps_exitcnt",
+        "ps_mainproc",
+        "ps_pptr",
+        "ps_children",
+        "ps_vmspace",
+        "ps_xexit",
+        "ps_xsig",
+        "ps_mtx",
+        "ps_sigflags",
+        "ps_single",
+        "comm",
+        "ru_user_ns",
+        "ru_sys_ns",
+        "cru_user_ns",
+        "cru_sys_ns",
+        "exit_ns",
+        "zombie_ns",
+        "reaped_ns",
+        "dead_threads",
+        "zapped",
+        "spec",
+        "resident_at_exit",
+    )
+
+    def __init__(self, pid: int, comm: str, parent: Process | None) -> None:
+        self.ps_pid = pid
+        self.ps_flags = 0
+        self.ps_threads: list[Proc] = []
+        self.ps_threadcnt = 0
+        self.ps_exitcnt = 0
+        self.ps_mainproc: Proc | None = None
+        self.ps_pptr = parent
+        self.ps_children: list[Process] = []
+        self.ps_vmspace: Vmspace | None = None
+        self.ps_xexit = 0
+        self.ps_xsig = 0
+        self.ps_mtx = SpinMutex(f"ps_mtx.{pid}")
+        self.ps_sigflags = 0  # of its sigacts: SAS_NOCLDWAIT
+        self.ps_single: Proc | None = None
+        self.comm = comm
+        # ps_ru: the process's own times once all its threads are in; ps_cru: the
+        # times of the children it has waited for.
+        self.ru_user_ns = 0
+        self.ru_sys_ns = 0
+        self.cru_user_ns = 0
+        self.cru_sys_ns = 0
+        self.exit_ns: int | None = None  # exit1 entry of the first exiting thread
+        self.zombie_ns: int | None = None
+        self.reaped_ns: int | None = None
+        self.dead_threads: list[Proc] = []  # no-reaper: threads waiting to be freed
+        self.zapped = False
+        self.spec: Any = None
+        self.resident_at_exit = 0
+
+    def __repr__(self) -> str:
+        return f"<process {self.ps_pid} {self.comm}>"
+
+
+class Proc(Thread):
+    """``struct proc``: one thread, an engine thread with the kernel's fields."""
+
+    __slots__ = ("p_addr", "p_flag", "p_p", "p_stat", "p_vmspace", "pm_counted")
+
+    def __init__(
+        self, tid: int, name: str, gen: Any, p_p: Process | None = None, p_flag: int = 0
+    ) -> None:
+        super().__init__(tid, name, gen)
+        self.p_p = p_p
+        self.p_flag = p_flag
+        self.p_stat = SIDL
+        self.p_vmspace: Vmspace | None = None
+        self.p_addr = True  # the u-area (kernel stack and pcb) is allocated
+        self.pm_counted = False  # this thread is counted in its pmap's pm_active

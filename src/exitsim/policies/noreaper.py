@@ -1,0 +1,66 @@
+"""``no-reaper``: our reading of mpi's first proposal ("Faster _exit(2) for a faster
+userland: R.I.P the reaper", May 2025): no reaper thread.
+
+The exiting process hands itself to its parent as a zombie in exit1, right after its
+siblings are gone, then tears its address space down (unlocked, as ``purge``); the
+parent's ``wait4`` frees what is left (``uvm_exit`` and the struct proc) in
+``process_zap``. Dead threads cannot free their own u-area and struct proc, so they
+wait on their process until it is freed. The two objections raised against it become
+observable: a long-lived process's dead threads are not freed until it exits
+(``unfreed_threads``), and a parent can reap a child whose memory is still mapped
+(design.md invariant 6, which this design breaks by construction: counted in timed
+runs, a counterexample for ``exitsim check``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from exitsim.engine.ops import Run
+from exitsim.engine.sync import KERNEL_LOCK, __mp_release_all
+from exitsim.engine.thread import DEAD, KPath
+from exitsim.kern.exit import make_zombie_or_zap, parent_chan, uvm_purge_checked
+from exitsim.kern.proc import P_THREAD, PS_NOZOMBIE
+from exitsim.policies.base import Policy
+from exitsim.vm.vmspace import uvm_exit
+
+if TYPE_CHECKING:
+    from exitsim.kern.kernel import Kernel
+    from exitsim.kern.proc import Proc, Process
+
+
+class NoReaper(Policy):
+    name = "no-reaper"
+    summary = "no reaper: exit1 hands the zombie over, then purges; wait4 frees the rest"
+    uses_reaper = False
+    known_violations = frozenset({6})
+
+    def exit1_teardown(self, k: Kernel, p: Proc) -> KPath:
+        pr = p.p_p
+        assert pr is not None
+        # The handoff the reaper used to do, now before the teardown.
+        if pr.ps_flags & PS_NOZOMBIE:
+            pr.zombie_ns = k.now
+            k.engine.wakeup(parent_chan(k.initprocess))
+        else:
+            make_zombie_or_zap(k, p, pr)
+        yield from __mp_release_all(k.kernel_lock, p)
+        yield from uvm_purge_checked(k, p, True)
+        yield from KERNEL_LOCK(k)
+
+    def exit2_without_reaper(self, k: Kernel, p: Proc) -> None:
+        pr = p.p_p
+        assert pr is not None
+        pr.dead_threads.append(p)
+        k.meters.unfreed_threads.add(k.now, 1)
+
+    def zap_leftovers(self, k: Kernel, q: Proc, pr: Process) -> KPath:
+        # Free the dead threads' u-areas and structs, then the vmspace, in the waiter.
+        for t in list(pr.dead_threads):
+            if t.state != DEAD:
+                continue  # still on its way off the CPU; see E6
+            pr.dead_threads.remove(t)
+            k.meters.unfreed_threads.add(k.now, -1)
+            yield Run(k.costs.uarea_ns + (k.costs.proc_ns if t.p_flag & P_THREAD else 0))
+        if pr.ps_vmspace is not None:
+            yield from uvm_exit(k.uvm, q, pr)
