@@ -96,3 +96,10 @@ def tsleep(chan: Hashable, wmesg: str) -> KPath:
 
 def wakeup(chan: Hashable) -> KPath:
     yield Wakeup(chan)
+
+
+#: The same two calls under names Python does not mangle inside a class body (a name
+#: starting with two underscores would become ``_Class__mp_release_all`` there), for
+#: the policies' hooks.
+mp_release_all = __mp_release_all
+mp_acquire_count = __mp_acquire_count

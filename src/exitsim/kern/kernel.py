@@ -116,10 +116,10 @@ class Kernel:
 
     def _switched(self, cpu: int, t: Thread | None) -> None:
         """cpu_switchto: load the incoming thread's address space."""
+        pm = None
         if isinstance(t, Proc) and t.p_vmspace is not None:
             pm = t.p_vmspace.vm_map.pmap
-            if pm is not None:
-                pmap_switch(self.uvm, cpu, pm)
+        pmap_switch(self.uvm, cpu, pm)
 
     def _exited(self, cpu: int, t: Thread) -> None:
         """The dead thread is off its CPU: what ``sched_idle`` does with it."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from exitsim.engine.ops import Run
-from exitsim.engine.sync import KERNEL_LOCK, __mp_release_all
+from exitsim.engine.sync import KERNEL_LOCK, mp_release_all
 from exitsim.engine.thread import DEAD, KPath
 from exitsim.kern.exit import make_zombie_or_zap, parent_chan, uvm_purge_checked
 from exitsim.kern.proc import P_THREAD, PS_NOZOMBIE
@@ -44,7 +44,7 @@ class NoReaper(Policy):
             k.engine.wakeup(parent_chan(k.initprocess))
         else:
             make_zombie_or_zap(k, p, pr)
-        yield from __mp_release_all(k.kernel_lock, p)
+        yield from mp_release_all(k.kernel_lock, p)
         yield from uvm_purge_checked(k, p, True)
         yield from KERNEL_LOCK(k)
 

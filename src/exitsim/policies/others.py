@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exitsim.engine.sync import KERNEL_LOCK, KERNEL_UNLOCK, __mp_release_all
+from exitsim.engine.sync import KERNEL_LOCK, KERNEL_UNLOCK, mp_release_all
 from exitsim.engine.thread import KPath
 from exitsim.policies.base import Policy
 from exitsim.vm.map import uvm_map_teardown
@@ -44,7 +44,7 @@ class Linux(Policy):
 
     def exit1_teardown(self, k: Kernel, p: Proc) -> KPath:
         vm = p.p_p.ps_vmspace  # type: ignore[union-attr]
-        yield from __mp_release_all(k.kernel_lock, p)
+        yield from mp_release_all(k.kernel_lock, p)
         yield from _shm_first(k, p)
         yield from uvm_map_teardown(k.uvm, p, vm.vm_map, gather=True)
         yield from KERNEL_LOCK(k)
@@ -56,7 +56,7 @@ class FreeBSD(Policy):
 
     def exit1_teardown(self, k: Kernel, p: Proc) -> KPath:
         vm = p.p_p.ps_vmspace  # type: ignore[union-attr]
-        yield from __mp_release_all(k.kernel_lock, p)
+        yield from mp_release_all(k.kernel_lock, p)
         yield from pmap_remove_pages(k.uvm, p, vm.pmap)
         yield from pmap_tlb_flush_all(k.uvm, p, vm.pmap)
         yield from _shm_first(k, p)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exitsim.engine.sync import KERNEL_LOCK, __mp_release_all
+from exitsim.engine.sync import KERNEL_LOCK, mp_release_all
 from exitsim.engine.thread import KPath
 from exitsim.kern.exit import uvm_purge_checked
 from exitsim.policies.base import Policy
@@ -32,7 +32,7 @@ class Purge(Policy):
     def exit1_teardown(self, k: Kernel, p: Proc) -> KPath:
         # exit1 may hold the kernel lock recursively; it never returns, so dropping
         # every level here and taking exactly one back is safe.
-        yield from __mp_release_all(k.kernel_lock, p)
+        yield from mp_release_all(k.kernel_lock, p)
         yield from uvm_purge_checked(k, p, self.with_pmap_purge)
         yield from KERNEL_LOCK(k)
 

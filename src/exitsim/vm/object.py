@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from sortedcontainers import SortedDict
 
-from exitsim.engine.ops import Run
+from exitsim.engine.locks import RwLock
+from exitsim.engine.ops import Acquire, Release, Run
 from exitsim.engine.thread import KPath
 from exitsim.vm.page import OBJECT, VmPage, uvm_pagealloc, uvm_pglistfree
 from exitsim.vm.pmap import pmap_page_protect_none
@@ -31,7 +32,7 @@ AOBJ = "aobj"
 class UvmObject:
     """``struct uvm_object`` with its pager kind: a vnode or an anonymous object."""
 
-    __slots__ = ("freed", "kind", "name", "npages", "pages", "uo_refs")
+    __slots__ = ("freed", "kind", "name", "npages", "pages", "uo_refs", "vmobjlock")
 
     def __init__(self, kind: str, name: str, npages: int, refs: int) -> None:
         self.kind = kind
@@ -40,6 +41,9 @@ class UvmObject:
         self.uo_refs = refs
         self.pages: SortedDict = SortedDict()  # first page offset -> VmPage
         self.freed = False
+        #: ``vmobjlock``: held while a page is looked up and paged in, so two faults on
+        #: the same page do not both page it in.
+        self.vmobjlock = RwLock(f"vmobjlock.{name}")
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.name} refs={self.uo_refs}>"
@@ -107,11 +111,12 @@ def pgo_detach(uvm: Uvm, p: Thread, obj: UvmObject) -> KPath:
 def uvm_obj_getpage(uvm: Uvm, p: Thread, obj: UvmObject, off: int, n: int) -> KPath:
     """The object's page run at [off, off+n), paged in if not resident: a vnode page is
     read from the buffer cache (a copy), an anonymous object's is zero-filled."""
+    yield Acquire(obj.vmobjlock)
     pg = obj.lookup(off, n)
-    if pg is not None:
-        return pg
-    pg = yield from uvm_pagealloc(uvm, p, OBJECT, obj, n)
-    c = uvm.costs
-    yield Run((c.page_copy_ns if obj.kind == VNODE else c.page_zero_ns) * n)
-    obj.pages[off] = pg
+    if pg is None:
+        pg = yield from uvm_pagealloc(uvm, p, OBJECT, obj, n)
+        c = uvm.costs
+        yield Run((c.page_copy_ns if obj.kind == VNODE else c.page_zero_ns) * n)
+        obj.pages[off] = pg
+    yield Release(obj.vmobjlock)
     return pg

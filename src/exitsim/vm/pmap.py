@@ -163,8 +163,17 @@ def pmap_destroy(uvm: Uvm, p: Thread, pm: Pmap) -> KPath:
     uvm.check(pm.pm_refs >= 0, 5, f"{pm} reference count went negative", pm, p=p)
     if pm.pm_refs > 0:
         return
-    for cpu, loaded in enumerate(uvm.machine.curpm):
-        uvm.check(loaded is not pm, 5, f"pmap_destroy: {pm} still loaded on cpu{cpu}", pm, p=p)
+    me = uvm.cpu_of(p)
+    curpm = uvm.machine.curpm
+    if uvm.arch.broadcast_tlbi:
+        # arm64 pmap_free_asid: KASSERT(pm != curcpu()->ci_curpm).
+        uvm.check(curpm[me] is not pm, 5, f"pmap_destroy: {pm} is loaded on this CPU", pm, p=p)
+    else:
+        # amd64: a CPU that last ran the process keeps it as ci_proc_pmap until it loads
+        # another; its tag is never reused here, so the model forgets those.
+        for cpu, loaded in enumerate(curpm):
+            if loaded is pm:
+                curpm[cpu] = None
     uvm.check(not pm.destroyed, 5, f"{pm} destroyed twice", pm, p=p)
     pm.destroyed = True
     # A pmap with mappings left is torn down here (pmap_release); after a purge it has
@@ -218,15 +227,18 @@ def pmap_deactivate(uvm: Uvm, p: Thread, pm: Pmap) -> None:
 
 
 def pmap_switch(uvm: Uvm, cpu: int, pm: Pmap | None) -> None:
-    """``cpu_switchto`` loads the next thread's address space on ``cpu`` (``pm`` None:
-    a kernel thread, which keeps the old one loaded, lazily).
+    """``cpu_switchto`` loads the next thread's address space on ``cpu``.
 
     arm64 (``pmap_setttb``): TTBR0 gets the pmap's tables, or the kernel's empty one
     after ``pmap_purge``; TLB entries are tagged by ASID and stay. amd64: loading another
-    cr3 drops the user translations of the old address space on this CPU."""
-    if pm is None:
-        return
+    cr3 drops the user translations of the old address space on this CPU. With ``pm``
+    None (a kernel thread or idle runs next): arm64 loads the kernel's empty TTBR0;
+    amd64 keeps the old cr3 and ``ci_proc_pmap``, lazily."""
     m = uvm.machine
+    if pm is None:
+        if uvm.arch.broadcast_tlbi:
+            m.curpm[cpu] = None
+        return
     if uvm.arch.broadcast_tlbi:
         m.curpm[cpu] = None if pm.pm_purged else pm
         return
