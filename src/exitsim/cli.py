@@ -88,7 +88,278 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--profile", metavar="FILE", help="cost profile TOML (default: built-in)")
     d.add_argument("--json", action="store_true", help="print the record as JSON only")
     d.add_argument("-o", "--output", metavar="FILE", help="also write the JSON record here")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-s", "--seed", type=int, default=0, help="random seed (default 0)")
+        sp.add_argument("--workload", default="build", help="workload name (default build)")
+        sp.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a workload parameter, e.g. --param jobs=32 (repeatable)",
+        )
+        sp.add_argument(
+            "--granularity",
+            choices=GRANULARITIES,
+            default="range",
+            help="exact: page by page; range: run by run (default range)",
+        )
+        sp.add_argument(
+            "--policy-file",
+            metavar="FILE",
+            help="load a design of your own (a Policy subclass) from FILE",
+        )
+        sp.add_argument("--json", action="store_true", help="print only JSON")
+        sp.add_argument("-o", "--output", metavar="FILE", help="also write the JSON here")
+        sp.add_argument(
+            "--debug-checks",
+            action="store_true",
+            help="run the expensive VMMAP_DEBUG-style checks too",
+        )
+
+    r = sub.add_parser("run", help="one run: a design on an arch with N CPUs")
+    r.add_argument(
+        "--policy",
+        default="purge+pmap_purge",
+        help="design (default purge+pmap_purge; see exitsim list)",
+    )
+    r.add_argument("--arch", choices=sorted(ARCHES), default="amd64", help="default amd64")
+    r.add_argument("--cpus", type=_cpus, default=8, help="CPUs, 1..256 (default 8)")
+    common(r)
+
+    c = sub.add_parser("compare", help="designs x CPU counts x arches on one workload")
+    c.add_argument(
+        "--policies",
+        default="reaper,purge,purge+pmap_purge",
+        help="comma-separated designs; the first is the baseline",
+    )
+    c.add_argument("--arches", default="arm64,amd64", help="comma-separated (default both)")
+    c.add_argument("--cpus", default="4,8,16,32", help="comma-separated CPU counts")
+    c.add_argument(
+        "--workers",
+        type=_positive,
+        default=2,
+        help="processes running independent runs (default 2)",
+    )
+    c.add_argument("--plot", metavar="FILE", help="wall time vs CPUs, PNG or SVG by suffix")
+    common(c)
+
+    sub.add_parser("list", help="designs, arches and workloads, a line each")
     return p
+
+
+def _params(items: list[str]) -> dict[str, Any]:
+    """--param KEY=VALUE pairs, numbers as numbers."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param {item!r}: expected KEY=VALUE")
+        v: Any = val
+        for conv in (int, float):
+            try:
+                v = conv(val)
+                break
+            except ValueError:
+                continue
+        out[key] = v
+    return out
+
+
+def _check_output(path: str | None) -> None:
+    if path:
+        out_dir = Path(path).parent
+        if not out_dir.is_dir():
+            raise UsageError(f"--output: directory {out_dir} does not exist")
+
+
+def _config(args: argparse.Namespace, policy: str, arch: str, cpus: int) -> Any:
+    from exitsim.sim import SimConfig
+
+    return SimConfig(
+        policy=policy,
+        arch=arch,
+        cpus=cpus,
+        workload=args.workload,
+        seed=args.seed,
+        granularity=args.granularity,
+        workload_params=_params(args.param),
+        policy_file=args.policy_file,
+        debug=args.debug_checks,
+    )
+
+
+def _validate(cfg: Any) -> None:
+    """Refuse bad input before any run starts: the design, the workload, its params."""
+    from exitsim.kern.kernel import Kernel  # noqa: F401  (import errors surface here)
+    from exitsim.policies.registry import PolicyLoadError
+    from exitsim.sim import build_kernel
+    from exitsim.workloads.registry import WorkloadError
+
+    try:
+        build_kernel(cfg)
+    except (PolicyLoadError, WorkloadError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _echo(console: Any, items: dict[str, Any]) -> None:
+    for key, value in items.items():
+        console.print(f"# {key} {value}", highlight=False, markup=False)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from exitsim.report.compare import compare_tables
+    from exitsim.report.table import cpu_table, lock_table, tlb_table
+    from exitsim.sim import simulate
+
+    _check_output(args.output)
+    cfg = _config(args, args.policy, args.arch, args.cpus)
+    _validate(cfg)
+    result = simulate(cfg)
+    text = json.dumps(result, sort_keys=True, indent=1) + "\n"
+    if args.output:
+        write_atomic(args.output, text)
+    if args.json:
+        sys.stdout.write(text)
+        return 0
+    console = Console(width=max(120, Console().width))
+    _echo(console, result["config"])
+    for t in compare_tables([result], result["config"]["policy"]):
+        console.print(t)
+    console.print(cpu_table(result))
+    console.print(lock_table(result))
+    console.print(tlb_table(result))
+    kv = result["known_violations"]
+    if kv:
+        console.print(f"known violations of this design (counted, not stopped): {kv}", markup=False)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from exitsim.report.compare import compare_tables
+    from exitsim.sim import simulate
+
+    _check_output(args.output)
+    if args.plot:
+        pdir = Path(args.plot).parent
+        if not pdir.is_dir():
+            raise UsageError(f"--plot: directory {pdir} does not exist")
+        if Path(args.plot).suffix.lower() not in (".png", ".svg"):
+            raise UsageError(f"--plot: {args.plot} must end in .png or .svg")
+    policies = [x for x in args.policies.split(",") if x]
+    if args.policy_file:
+        policies = [*policies, "<file>"]
+    arches = [x for x in args.arches.split(",") if x]
+    for a in arches:
+        if a not in ARCHES:
+            raise UsageError(f"--arches: unknown arch {a!r} (known: {', '.join(ARCHES)})")
+    try:
+        cpus = [int(x) for x in args.cpus.split(",") if x]
+    except ValueError:
+        raise UsageError(f"--cpus: not a list of whole numbers: {args.cpus!r}") from None
+    if not cpus or any(not 1 <= n <= 256 for n in cpus):
+        raise UsageError(f"--cpus: each must be 1..256 (got {args.cpus})")
+    if not policies:
+        raise UsageError("--policies: name at least one design")
+    configs = []
+    for arch in arches:
+        for n in cpus:
+            for pol in policies:
+                cfg = _config(args, pol, arch, n)
+                if pol == "<file>":
+                    cfg = _config(args, "purge", arch, n)
+                else:
+                    from dataclasses import replace
+
+                    cfg = replace(cfg, policy_file=None)
+                configs.append(cfg)
+    _validate(configs[0])
+    for cfg in configs[1:]:
+        if cfg.policy_file is None:
+            from exitsim.policies.registry import PolicyLoadError, get_policy
+
+            try:
+                get_policy(cfg.policy)
+            except PolicyLoadError as e:
+                raise UsageError(str(e)) from None
+    results = _map_runs(simulate, configs, args.workers, quiet=args.json)
+    text = json.dumps(results, sort_keys=True, indent=1) + "\n"
+    if args.output:
+        write_atomic(args.output, text)
+    if args.plot:
+        from exitsim.report.plots import plot_compare
+
+        plot_compare(results, args.plot)
+    if args.json:
+        sys.stdout.write(text)
+        return 0
+    from rich.console import Console
+
+    console = Console(width=max(160, Console().width))
+    _echo(
+        console,
+        {
+            "policies": ",".join(r for r in policies),
+            "arches": ",".join(arches),
+            "cpus": ",".join(map(str, cpus)),
+            "workload": args.workload,
+            "params": _params(args.param),
+            "seed": args.seed,
+            "granularity": args.granularity,
+        },
+    )
+    baseline = results[0]["config"]["policy"]
+    for t in compare_tables(results, baseline):
+        console.print(t)
+    if args.plot:
+        console.print(f"plot: {args.plot}", markup=False)
+    return 0
+
+
+def _map_runs(fn: Any, configs: list[Any], workers: int, quiet: bool) -> list[Any]:
+    """``map(fn, configs)`` over a process pool, results in input order; a progress
+    line on stderr when it is a terminal."""
+    show = sys.stderr.isatty() and not quiet
+    if workers <= 1 or len(configs) == 1:
+        out = []
+        for i, cfg in enumerate(configs):
+            out.append(fn(cfg))
+            if show:
+                print(f"\r{i + 1}/{len(configs)} runs", end="", file=sys.stderr)
+        if show:
+            print(file=sys.stderr)
+        return out
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(min(workers, len(configs))) as pool:
+        out = []
+        for i, res in enumerate(pool.imap(fn, configs)):
+            out.append(res)
+            if show:
+                print(f"\r{i + 1}/{len(configs)} runs", end="", file=sys.stderr)
+        if show:
+            print(file=sys.stderr)
+        return out
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from exitsim.policies.registry import DESIGNS
+    from exitsim.workloads.registry import WORKLOADS
+
+    print("designs:")
+    for name, cls in DESIGNS.items():
+        print(f"  {name:18} {cls.summary}")
+    print("arches:")
+    for name, arch in ARCHES.items():
+        print(f"  {name:18} {arch.description}")
+    print("workloads:")
+    for name, (summary, _, _) in WORKLOADS.items():
+        print(f"  {name:18} {summary}")
+    return 0
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -154,7 +425,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Any] = {"demo": cmd_demo}
+COMMANDS: dict[str, Any] = {
+    "demo": cmd_demo,
+    "run": cmd_run,
+    "compare": cmd_compare,
+    "list": cmd_list,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             raise UsageError("a command is needed: " + ", ".join(sorted(COMMANDS)))
         return int(COMMANDS[args.command](args))
-    except (UsageError, CostProfileError) as e:
+    except (UsageError, CostProfileError, ValueError) as e:
         if debug:
             traceback.print_exc()
         print(f"exitsim: error: {e}", file=sys.stderr)

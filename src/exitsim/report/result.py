@@ -53,8 +53,8 @@ def _lock_stats(locks: dict[str, Lock]) -> dict[str, dict[str, int]]:
 
 def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
     eng = k.engine
-    cpus = [c.times() for c in eng.cpus]
-    totals = {key: sum(c[key] for c in cpus) for key in cpus[0]}
+    cpus = [{"cpu": c.index, **c.times(), "switches": c.switches} for c in eng.cpus]
+    totals = {key: sum(c[key] for c in cpus) for key in cpus[0] if key.endswith("_ns")}
     recs = [r for r in sorted(k.meters.records.values(), key=lambda r: r.pid)]
     sys_ns = [r.sys_ns for r in recs]
     lat = [r.latency_ns for r in recs if r.latency_ns is not None]

@@ -125,8 +125,15 @@ def _check_free(uvm: Uvm, p: Thread, pg: VmPage) -> None:
 
 
 def tlb_entry_is_dead(uvm: Uvm, pm: Pmap, cpu: int) -> bool:
-    """Whether a TLB entry of ``pm`` on ``cpu`` can never be used again (design.md 1):
-    no thread may still run on ``pm`` and it is not loaded on that CPU. Its tag is never
-    handed to another address space (tags are not reused), so nothing else can use it.
+    """Whether a TLB entry of ``pm`` on ``cpu`` can never be used again (design.md 1).
+    It can while ``pm`` is loaded on that CPU. Otherwise, on amd64, ``pm`` can only be
+    loaded there again by ``pmap_switch``, whose cr3 load flushes that CPU's TLB first,
+    so it never can; on arm64 entries are tagged by ASID and survive a reload, so it can
+    as long as a thread may still run on ``pm``. Its tag is never handed to another
+    address space (tags are not reused), so nothing else can use it.
     """
-    return pm.pm_active == 0 and uvm.machine.curpm[cpu] is not pm
+    if uvm.machine.curpm[cpu] is pm:
+        return False
+    if not uvm.arch.broadcast_tlbi:
+        return True
+    return pm.pm_active == 0

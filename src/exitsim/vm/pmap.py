@@ -268,9 +268,9 @@ def pmap_enter(
     replaces the read-only mapping of the old page, with its TLB maintenance)."""
     kassert(not pm.destroyed, f"pmap_enter: {pm} destroyed")
     end = vpn + page.npages
-    if pm.runs_in(vpn, end):
-        yield from pmap_remove(uvm, p, pm, vpn, end)
     yield from _ptp_alloc(uvm, p, pm, vpn, end)
+    if pm.runs_in(vpn, end):
+        yield from _pmap_replace(uvm, p, pm, vpn, end)
     yield Acquire(pm.pm_mtx)
     yield Run(uvm.costs.pte_ns * page.npages)
     pm.ptes[vpn] = Pte(page, writable, wired)
@@ -280,6 +280,43 @@ def pmap_enter(
     if wired:
         pm.wired_count += page.npages
     yield Release(pm.pm_mtx)
+
+
+def _pmap_replace(uvm: Uvm, p: Thread, pm: Pmap, vpn: int, end: int) -> KPath:
+    """The old mappings in [vpn, end) that ``pmap_enter`` overwrites. In C each fault
+    overwrites one PTE in place: the page-table page stays (it is never empty), and the
+    page is invalidated alone, arm64 ``ttlb_flush`` (two TLBIs while ``pm_active > 0``),
+    amd64 ``pmap_tlb_shootpage`` (invlpg here if loaded here, one IPI to each other CPU
+    where the pmap is active). A range-mode run costs what its pages cost one by one:
+    never a full flush, and one shootdown per page when there are targets."""
+    m = uvm.machine
+    runs = pm.runs_in(vpn, end)
+    yield Acquire(pm.pm_mtx)
+    for v, pte in runs:
+        n = pte.npages
+        yield Run(uvm.costs.pte_ns * n)
+        _drop_pte(pm, v)
+        uvm.counters.ptes_removed += n
+        if uvm.arch.broadcast_tlbi and pm.pm_active > 0:
+            yield from ttlb_flush_range(m, pm.asids, v, v + n)
+    yield Release(pm.pm_mtx)
+    if uvm.arch.broadcast_tlbi:
+        return
+    me = uvm.cpu_of(p)
+    targets = pmap_active_cpus(uvm, pm, me)
+    shootself = m.curpm[me] is pm
+    limit = m.arch.shootall_pages
+    for v, pte in runs:
+        if not targets:
+            # Local invlpgs only: in pieces the arch never turns into a full flush.
+            for s in range(v, v + pte.npages, limit):
+                e = min(s + limit, v + pte.npages)
+                yield from pmap_tlb_shootrange(m, me, pm.tag, s, e, (), shootself)
+            continue
+        for va in range(v, v + pte.npages):
+            yield Acquire(uvm.tlb_shoot_lock)
+            yield from pmap_tlb_shootrange(m, me, pm.tag, va, va + 1, targets, shootself)
+            yield Release(uvm.tlb_shoot_lock)
 
 
 def _ptps_over(pm: Pmap, b0: int, b1: int) -> list[tuple[int, Ptp]]:

@@ -59,7 +59,7 @@ class Vmspace:
     shm attachments. ``vm_refcnt`` counts processes and transient holders, never
     threads (threads only copy the pointer)."""
 
-    __slots__ = ("freed", "name", "vm_dused", "vm_map", "vm_refcnt", "vm_shm")
+    __slots__ = ("freed", "name", "purged", "vm_dused", "vm_map", "vm_refcnt", "vm_shm")
 
     def __init__(self, vm_map: VmMap, name: str) -> None:
         self.vm_map = vm_map
@@ -68,6 +68,8 @@ class Vmspace:
         self.vm_dused = 0
         self.name = name
         self.freed = False
+        #: uvm_purge ran: the purge in uvmspace_free must then do no page work.
+        self.purged = False
 
     def __repr__(self) -> str:
         return f"<vmspace {self.name} ref={self.vm_refcnt}>"
@@ -254,6 +256,7 @@ def uvm_purge(uvm: Uvm, p: Thread, vm: Vmspace, with_pmap_purge: bool) -> KPath:
     yield from uvmspace_purge(uvm, p, vm)
     uvm.check(not vm.vm_map.entries, 4, f"uvm_purge: {vm} still has entries", vm, p=p)
     uvm.check(vm.vm_shm is None, 4, f"uvm_purge: {vm} still has shm attached", vm, p=p)
+    vm.purged = True
 
 
 def uvmspace_free(uvm: Uvm, p: Thread, vm: Vmspace) -> KPath:
@@ -263,10 +266,9 @@ def uvmspace_free(uvm: Uvm, p: Thread, vm: Vmspace) -> KPath:
     uvm.check(vm.vm_refcnt >= 0, 5, f"{vm}: vm_refcnt went negative", vm, p=p)
     if vm.vm_refcnt > 0:
         return
-    purged = not vm.vm_map.entries and vm.vm_shm is None
     before = uvm.counters.page_work()
     yield from uvmspace_purge(uvm, p, vm)
-    if purged:
+    if vm.purged:
         uvm.check(
             uvm.counters.page_work() == before,
             4,

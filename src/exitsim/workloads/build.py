@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exitsim.engine.thread import KPath
@@ -91,7 +91,6 @@ class BuildParams:
     cc1_anon_pages: int = 4495
     cc1_anon_sigma: float = 0.35
     cc1_text_pages: int = 6572 - LIBC_PAGES
-    extra: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
