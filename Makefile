@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/exitsim demo
+	$(BIN)/exitsim compare
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
