@@ -69,5 +69,10 @@ def simulate(cfg: SimConfig) -> dict[str, Any]:
     if left:
         names = ", ".join(f"{pr.comm}[{pr.ps_pid}]" for pr in left[:5])
         raise SimError(f"the run ended with {len(left)} processes still alive: {names}")
+    if k.zombprocess:
+        raise SimError(f"the run ended with {len(k.zombprocess)} zombies never waited for")
+    unfreed = sum(len(pr.dead_threads) for pr in k.all_processes())
+    if unfreed:
+        raise SimError(f"the run ended with {unfreed} dead threads never freed")
     audit_all_exited(k.uvm)
     return build_result(k, cfg)

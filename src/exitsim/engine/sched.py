@@ -541,6 +541,7 @@ class Engine:
                     return
         finally:
             self.ops += n
+            t.nops += n
 
     def _bad_yield_message(self, t: Thread, op: object) -> str:
         # Walk down the yield-from chain to the function that really yielded.

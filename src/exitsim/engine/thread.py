@@ -47,6 +47,7 @@ class Thread:
         "result",
         "exit_ns",
         "nosleep",
+        "nops",
     )
 
     def __init__(self, tid: int, name: str, gen: KPath | None) -> None:
@@ -74,6 +75,7 @@ class Thread:
         #: Set where the kernel may no longer sleep (exit1 after SDEAD); a sleep then
         #: is an error (openbsd-exit-path.md E4).
         self.nosleep = False
+        self.nops = 0  # ops this thread has yielded
 
     def __repr__(self) -> str:
         return f"<Thread {self.tid} {self.name}>"

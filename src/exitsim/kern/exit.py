@@ -127,6 +127,7 @@ def exit1(k: Kernel, p: Proc, xexit: int, xsig: int, flags: int) -> KPath:
         if pr.ps_vmspace is not None:
             pr.resident_at_exit = pr.ps_vmspace.resident()
         k.meters.process_exiting(pr)
+        yield from k.policy.exit1_begin(k, p)
     # 4. Off the active threads; the main thread waits here for every sibling.
     yield from mtx_enter(pr.ps_mtx)
     pr.ps_threads.remove(p)
@@ -153,7 +154,9 @@ def exit1(k: Kernel, p: Proc, xexit: int, xsig: int, flags: int) -> KPath:
     # children go to init.
     if not p.p_flag & P_THREAD:
         k.allprocess.pop(pr.ps_pid, None)
-        if not pr.ps_flags & PS_NOZOMBIE:
+        # A design that hands the zombie over earlier (no-reaper) may already have
+        # been waited for and zapped: it must not go on zombprocess again.
+        if not pr.ps_flags & PS_NOZOMBIE and not pr.zapped:
             k.zombprocess.append(pr)
         init = k.initprocess
         if pr.ps_children:

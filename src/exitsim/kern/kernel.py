@@ -112,6 +112,17 @@ class Kernel:
             pr.ps_flags |= PS_SYSTEM
             self.reaper_proc = self.new_thread(pr, "reaper", lambda p: reaper(self, p), P_SYSTEM)
 
+    def all_processes(self) -> list[Process]:
+        """Every user process the run created, alive or freed, by pid."""
+        return sorted(
+            {
+                t.p_p.ps_pid: t.p_p
+                for t in self.engine.threads
+                if isinstance(t, Proc) and t.p_p is not None
+            }.values(),
+            key=lambda pr: pr.ps_pid,
+        )
+
     # -- hooks the engine calls --------------------------------------------------------
 
     def _switched(self, cpu: int, t: Thread | None) -> None:

@@ -4,6 +4,9 @@ changes, so a design reads as a diff.
 
 Hooks and where ``kern/`` calls them:
 
+- ``exit1_begin(k, p)``: exit1 step 3, once the process is marked exiting, before the
+  thread leaves ``ps_threads``. Default: nothing. (No design uses it; a mutant that
+  purges too early does.)
 - ``exit1_teardown(k, p)``: exit1 step 6, in the exiting process's main thread, with
   the kernel lock held (at any depth), after every sibling thread has counted itself
   out. Default: nothing (the address space goes in the reaper).
@@ -38,6 +41,10 @@ class Policy:
     uses_reaper: ClassVar[bool] = True
     reaper_locked: ClassVar[bool] = False
     known_violations: ClassVar[frozenset[int]] = frozenset()
+
+    def exit1_begin(self, k: Kernel, p: Proc) -> KPath:
+        return
+        yield
 
     def exit1_teardown(self, k: Kernel, p: Proc) -> KPath:
         return

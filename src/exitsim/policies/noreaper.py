@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from exitsim.engine.ops import Run
-from exitsim.engine.sync import KERNEL_LOCK, mp_release_all
+from exitsim.engine.sync import KERNEL_LOCK, mp_release_all, tsleep
 from exitsim.engine.thread import DEAD, KPath
 from exitsim.kern.exit import make_zombie_or_zap, parent_chan, uvm_purge_checked
 from exitsim.kern.proc import P_THREAD, PS_NOZOMBIE
@@ -53,8 +53,15 @@ class NoReaper(Policy):
         assert pr is not None
         pr.dead_threads.append(p)
         k.meters.unfreed_threads.add(k.now, 1)
+        k.engine.wakeup(("dead_threads", pr.ps_pid))
 
     def zap_leftovers(self, k: Kernel, q: Proc, pr: Process) -> KPath:
+        # The child handed itself over before its purge (invariant 6, counted): its
+        # main thread may still be tearing the address space down. Wait until it is
+        # off its CPU (exit2) before freeing what it still uses.
+        main = pr.ps_mainproc
+        while main is not None and main.state != DEAD:
+            yield from tsleep(("dead_threads", pr.ps_pid), "zapwait")
         # Free the dead threads' u-areas and structs, then the vmspace, in the waiter.
         for t in list(pr.dead_threads):
             if t.state != DEAD:

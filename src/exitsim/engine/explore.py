@@ -1,0 +1,246 @@
+"""The interleaving explorer: run the same kernel code untimed under every schedule up
+to a preemption bound, and stop at the first that breaks an invariant.
+
+Generators cannot be copied, so every schedule re-executes from the start: a run is
+built afresh by a factory, driven step by step through the engine's chooser seam, and
+the choices made are recorded. A schedule is the list of option labels picked at each
+choice point (a CPU number, ``ik.j`` for an IPI from CPU j arriving at k, ``ak.j`` for
+its acknowledgement); written as a string, they are joined by commas. After the given
+prefix the explorer's default applies: the CPU that moved last goes on if it can, else
+the first CPU that can.
+
+The search is depth first over choice points, with a preemption bound (switching away
+from a CPU that could have gone on is a preemption) and a visited set of abstract
+states (the run's ``state_key()``, with the preemptions used to reach it) so that a
+state is expanded once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from exitsim.engine.chooser import EVENT, Chooser, ScheduleMismatch
+from exitsim.engine.errors import SimError
+from exitsim.engine.sched import Engine
+
+
+class Run(Protocol):
+    """What a factory gives: an engine built with the chooser it was handed, an
+    abstract state for pruning, and a check when nothing is left to run."""
+
+    engine: Engine
+
+    def state_key(self) -> Any: ...
+
+    def at_end(self) -> None: ...
+
+
+Factory = Callable[[Chooser], Run]
+
+
+def format_schedule(labels: Sequence[str]) -> str:
+    return ",".join(labels)
+
+
+def parse_schedule(text: str) -> list[str]:
+    """A schedule string back to labels; refuses anything that is not a label."""
+    labels = [x.strip() for x in text.split(",") if x.strip()]
+    for x in labels:
+        ok = (
+            x.isdigit()
+            or (x[:1] in ("i", "a") and _is_pair(x[1:]))
+            or (x[:1] == "t" and x[1:].isdigit())
+        )
+        if not ok:
+            raise ValueError(f"schedule: {x!r} is not a step (a CPU number, iK.J, aK.J or tN)")
+    return labels
+
+
+def _is_pair(s: str) -> bool:
+    a, dot, b = s.partition(".")
+    return bool(dot) and a.isdigit() and b.isdigit()
+
+
+@dataclass(slots=True)
+class ChoicePoint:
+    """One point where several steps could come next."""
+
+    options: tuple[str, ...]
+    chosen: str
+    current: str | None  # the CPU that moved last
+    preemptions: int  # used before this choice
+    key: Any
+
+
+class GuidedChooser:
+    """Follows a prefix of labels, then the default (the last CPU goes on if it can),
+    recording every choice point it meets."""
+
+    def __init__(self, prefix: Sequence[str], run_ref: list[Run]) -> None:
+        self.prefix = list(prefix)
+        self.points: list[ChoicePoint] = []
+        self.current: str | None = None
+        self.preemptions = 0
+        self.run_ref = run_ref
+
+    def choose(self, point: str, options: Sequence[str]) -> int:
+        if point != EVENT:
+            return 0  # run-queue and placement choices keep the engine's preference
+        opts = tuple(options)
+        i = len(self.points)
+        if i < len(self.prefix):
+            want = self.prefix[i]
+            if want not in opts:
+                raise ScheduleMismatch(
+                    f"step {i}: schedule says {want!r} but the choices here are {', '.join(opts)}"
+                )
+            pick = want
+        else:
+            pick = self.current if self.current in opts else opts[0]
+        key = self.run_ref[0].state_key() if self.run_ref else None
+        self.points.append(ChoicePoint(opts, pick, self.current, self.preemptions, key))
+        if self.current is not None and self.current in opts and pick != self.current:
+            self.preemptions += 1
+        self.current = pick if pick.isdigit() else self.current
+        return opts.index(pick)
+
+    def labels(self) -> list[str]:
+        return [cp.chosen for cp in self.points]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one schedule ended."""
+
+    schedule: list[str]
+    error: SimError | None
+    steps: int
+    points: list[ChoicePoint] = field(default_factory=list)
+
+    @property
+    def violated(self) -> bool:
+        return self.error is not None
+
+
+def run_schedule(
+    factory: Factory,
+    prefix: Sequence[str],
+    max_steps: int = 200_000,
+    on_step: Callable[[Run, int], None] | None = None,
+) -> Outcome:
+    """Build a run, follow ``prefix`` then the default, to the end or the first error
+    the model raises (an invariant, a lock rule, a deadlock)."""
+    ref: list[Run] = []
+    chooser = GuidedChooser(prefix, ref)
+    run = factory(chooser)
+    ref.append(run)
+    steps = 0
+    try:
+        while run.engine.step_untimed():
+            steps += 1
+            if on_step is not None:
+                on_step(run, steps)
+            if steps >= max_steps:
+                raise SimError(f"schedule longer than {max_steps} steps")
+        run.at_end()
+    except ScheduleMismatch:
+        raise
+    except SimError as e:
+        return Outcome(chooser.labels(), e, steps, chooser.points)
+    return Outcome(chooser.labels(), None, steps, chooser.points)
+
+
+@dataclass(slots=True)
+class SearchResult:
+    """What a search found: a violation (with its schedule) or none within the bound."""
+
+    violation: Outcome | None
+    schedules: int
+    states: int
+    seconds: float
+    complete: bool  # every schedule within the bound was explored
+
+
+def explore(
+    factory: Factory,
+    preemptions: int = 2,
+    max_schedules: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SearchResult:
+    """Depth-first search over schedules with at most ``preemptions`` preemptions."""
+    t0 = time.perf_counter()
+    visited: dict[Any, int] = {}
+    work: list[list[str]] = [[]]
+    schedules = 0
+    while work:
+        if max_schedules is not None and schedules >= max_schedules:
+            return SearchResult(None, schedules, len(visited), time.perf_counter() - t0, False)
+        prefix = work.pop()
+        out = run_schedule(factory, prefix)
+        schedules += 1
+        if progress is not None:
+            progress(schedules, len(visited))
+        if out.violated:
+            return SearchResult(out, schedules, len(visited), time.perf_counter() - t0, False)
+        labels = out.schedule
+        # Branch at the choice points past the forced prefix, deepest first out of the
+        # stack; a state seen before with no more preemptions used is not expanded.
+        for i in range(len(prefix), len(out.points)):
+            cp = out.points[i]
+            seen = visited.get(cp.key)
+            if seen is not None and seen <= cp.preemptions:
+                break
+            visited[cp.key] = cp.preemptions
+            for alt in cp.options:
+                if alt == cp.chosen:
+                    continue
+                cost = (
+                    1
+                    if (cp.current is not None and cp.current in cp.options and alt != cp.current)
+                    else 0
+                )
+                if cp.preemptions + cost > preemptions:
+                    continue
+                work.append([*labels[:i], alt])
+    return SearchResult(None, schedules, len(visited), time.perf_counter() - t0, True)
+
+
+def shrink(factory: Factory, schedule: Sequence[str]) -> Outcome:
+    """A short schedule that still breaks the same invariant: the shortest prefix of
+    ``schedule`` whose default continuation still fails, then every choice in it that
+    can go without the failure going too. The returned outcome's ``schedule`` is that
+    prefix; replayed, it fails the same way."""
+    first = run_schedule(factory, schedule)
+    if not first.violated:
+        raise ValueError("shrink: the schedule does not fail")
+    want = _kind(first.error)
+
+    def fails(prefix: list[str]) -> bool:
+        try:
+            out = run_schedule(factory, prefix)
+        except ScheduleMismatch:
+            return False
+        return out.violated and _kind(out.error) == want
+
+    best = list(schedule)
+    for n in range(len(best) + 1):
+        if fails(best[:n]):
+            best = best[:n]
+            break
+    i = 0
+    while i < len(best):
+        cand = best[:i] + best[i + 1 :]
+        if fails(cand):
+            best = cand
+        else:
+            i += 1
+    final = run_schedule(factory, best)
+    final.schedule = best
+    return final
+
+
+def _kind(e: SimError | None) -> tuple[str, int | None]:
+    return (type(e).__name__, getattr(e, "invariant", None))
