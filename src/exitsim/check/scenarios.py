@@ -63,7 +63,6 @@ class CheckRun:
         parts.append(tuple(pm.tag if pm is not None else 0 for pm in k.machine.curpm))
         parts.append(k.uvm.counters.page_work())
         parts.append(k.uvm.physmem.free)
-        parts.append(tuple(label for label, _ in eng.pending()))
         return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
     def at_end(self) -> None:

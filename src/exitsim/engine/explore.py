@@ -100,7 +100,10 @@ class GuidedChooser:
             pick = want
         else:
             pick = self.current if self.current in opts else opts[0]
-        key = self.run_ref[0].state_key() if self.run_ref else None
+        # The abstract state only matters where the search may branch: past the prefix.
+        key = None
+        if i >= len(self.prefix) and self.run_ref:
+            key = (self.run_ref[0].state_key(), opts)
         self.points.append(ChoicePoint(opts, pick, self.current, self.preemptions, key))
         if self.current is not None and self.current in opts and pick != self.current:
             self.preemptions += 1

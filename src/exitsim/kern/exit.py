@@ -92,14 +92,17 @@ def userret(k: Kernel, p: Proc) -> KPath:
 
 def uvm_purge_checked(k: Kernel, p: Proc, with_pmap_purge: bool) -> KPath:
     """``uvm_purge`` with design.md invariant 3's process half: no sibling thread of
-    the process can still run user code (every one has passed exit1 step 4)."""
+    the process can still run user code. A thread that has not entered exit1 (no
+    P_WEXIT) can; one that has is in the kernel for good."""
     pr = p.p_p
     assert pr is not None and pr.ps_vmspace is not None
-    if pr.ps_threadcnt != 0:
+    live = [t for t in pr.ps_threads if t is not p and not t.p_flag & P_WEXIT]
+    if live:
         k.violation(
             3,
-            f"uvm_purge of {pr} while {pr.ps_threadcnt} sibling thread(s) can still run user code",
+            f"uvm_purge of {pr} while {len(live)} sibling thread(s) can still run user code",
             pr,
+            *live,
             p=p,
         )
     yield from uvm_purge(k.uvm, p, pr.ps_vmspace, with_pmap_purge)

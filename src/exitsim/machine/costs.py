@@ -18,6 +18,7 @@ or "assumption: <why>". Anything else is refused with one line naming the file a
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -175,8 +176,9 @@ def parse_profile(text: str, name: str) -> CostProfile:
     )
 
 
+@functools.cache
 def builtin_profile(arch: str) -> CostProfile:
-    """The profile shipped for ``arch`` (``machine/profiles/<arch>.toml``)."""
+    """The profile shipped for ``arch`` (``machine/profiles/<arch>.toml``), read once."""
     ref = resources.files("exitsim.machine").joinpath("profiles", f"{arch}.toml")
     if not ref.is_file():
         raise CostProfileError(f"no built-in cost profile for arch {arch!r}")

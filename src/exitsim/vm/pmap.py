@@ -358,6 +358,18 @@ def _ptp_count(pm: Pmap, vpn: int, end: int, sign: int) -> None:
         ptp.valid += sign * (hi - lo)
 
 
+def _speculative_fill(uvm: Uvm, pm: Pmap, vpn: int, pte: Pte) -> None:
+    """A PTE is going without a TLB invalidation. Any CPU whose MMU still has ``pm``'s
+    user page tables loaded may have walked them (speculatively, with no user code
+    running) and cached this translation, so the model says it has. This is the hazard
+    ``pmap_purge`` waits out: siblings between exit1 steps 12 and 13 still have TTBR0 on
+    the user tables."""
+    tag = pm.tag | 1 if uvm.arch.broadcast_tlbi else pm.tag
+    for cpu, loaded in enumerate(uvm.machine.curpm):
+        if loaded is pm:
+            uvm.tlb.fill(cpu, tag, vpn, pte.page.ppn, pte.npages)
+
+
 def _drop_pte(pm: Pmap, vpn: int) -> Pte:
     """Clear one mapping's PTE, pv entry and counters (no TLB work, no cost)."""
     pte = pm.ptes.pop(vpn)
@@ -403,10 +415,12 @@ def _pmap_remove_arm64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int, flush:
             yield Run(c.pmap_lookup_ns)
             if vpn in mapped:
                 yield Run(c.pte_ns)
-                _drop_pte(pm, vpn)
+                pte = _drop_pte(pm, vpn)
                 uvm.counters.ptes_removed += 1
                 if pm.pm_active > 0 and flush:
                     yield from ttlb_flush_range(m, pm.asids, vpn, vpn + 1)
+                else:
+                    _speculative_fill(uvm, pm, vpn, pte)
     else:
         yield Run(c.pmap_lookup_ns * (eva - sva))
         for vpn, pte in runs:
@@ -416,6 +430,8 @@ def _pmap_remove_arm64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int, flush:
             uvm.counters.ptes_removed += n
             if pm.pm_active > 0 and flush:
                 yield from ttlb_flush_range(m, pm.asids, vpn, vpn + n)
+            else:
+                _speculative_fill(uvm, pm, vpn, pte)
     yield Release(pm.pm_mtx)
 
 
@@ -439,6 +455,8 @@ def _pmap_remove_amd64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int, flush:
         yield Run(c.pte_ns * n)
         _drop_pte(pm, vpn)
         uvm.counters.ptes_removed += n
+        if not flush:
+            _speculative_fill(uvm, pm, vpn, pte)
     empty = [pm.ptps.pop(b).page for b, t in ptps if t.valid == 0]
     targets = pmap_active_cpus(uvm, pm, me)
     yield Release(pm.pm_mtx)
@@ -526,6 +544,7 @@ def pmap_remove_pages(uvm: Uvm, p: Thread, pm: Pmap) -> KPath:
     for vpn in list(pm.ptes):
         n = pm.ptes[vpn].npages
         yield Run(uvm.costs.pte_ns * n)
-        _drop_pte(pm, vpn)
+        pte = _drop_pte(pm, vpn)
         uvm.counters.ptes_removed += n
+        _speculative_fill(uvm, pm, vpn, pte)
     yield Release(pm.pm_mtx)
