@@ -146,6 +146,45 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
 
     sub.add_parser("list", help="designs, arches and workloads, a line each")
+
+    k = sub.add_parser("check", help="explore interleavings of small scenarios")
+    k.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help="scenarios to check (default: all; see --list)",
+    )
+    k.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    k.add_argument("--policy", default="purge+pmap_purge", help="design (default purge+pmap_purge)")
+    k.add_argument("--policy-file", metavar="FILE", help="a design of your own")
+    k.add_argument("--arch", choices=sorted(ARCHES), default="arm64", help="default arm64")
+    k.add_argument(
+        "--preemptions", type=_nonneg, default=2, help="preemption bound of the search (default 2)"
+    )
+    k.add_argument(
+        "--max-schedules",
+        type=_positive,
+        default=None,
+        help="stop after this many schedules (default: no limit)",
+    )
+    k.add_argument(
+        "--schedule",
+        metavar="S",
+        help="replay exactly this schedule (comma-separated steps) and show it",
+    )
+    k.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write the counterexample or replay as a Perfetto (Chrome JSON) trace",
+    )
+    k.add_argument("--json", action="store_true", help="print only JSON")
+    k.add_argument(
+        "-s",
+        "--seed",
+        type=int,
+        default=0,
+        help="accepted for symmetry; the search itself is exhaustive",
+    )
     return p
 
 
@@ -362,6 +401,139 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_maker(args: argparse.Namespace) -> Any:
+    from exitsim.policies.registry import PolicyLoadError, get_policy, load_policy_file
+
+    try:
+        if args.policy_file:
+            load_policy_file(args.policy_file)
+            return lambda: load_policy_file(args.policy_file)
+        get_policy(args.policy)
+        return lambda: get_policy(args.policy)
+    except PolicyLoadError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from exitsim.check.run import CheckUsageError, replay, scenario_names, search
+    from exitsim.check.scenarios import SCENARIOS
+    from exitsim.engine.chooser import ScheduleMismatch
+    from exitsim.engine.explore import parse_schedule
+    from exitsim.report.steptrace import steps_to_trace
+
+    if args.list:
+        for name, sc in SCENARIOS.items():
+            print(f"  {name:10} {sc.cpus} CPUs  {sc.summary}")
+        return 0
+    try:
+        scenarios = scenario_names(args.scenarios)
+    except CheckUsageError as e:
+        raise UsageError(str(e)) from None
+    maker = _policy_maker(args)
+    policy = maker().name
+    if args.trace and not Path(args.trace).parent.is_dir():
+        raise UsageError(f"--trace: directory {Path(args.trace).parent} does not exist")
+    echo = {
+        "policy": policy,
+        "arch": args.arch,
+        "preemptions": args.preemptions,
+        "scenarios": ",".join(s.name for s in scenarios),
+    }
+
+    if args.schedule is not None:
+        if len(scenarios) != 1:
+            raise UsageError("--schedule replays one scenario: name exactly one")
+        try:
+            labels = parse_schedule(args.schedule)
+            out, steps = replay(scenarios[0], maker, args.arch, labels)
+        except (ValueError, ScheduleMismatch) as e:
+            raise UsageError(f"--schedule: {e}") from None
+        if args.trace:
+            write_atomic(args.trace, steps_to_trace(steps, f"{scenarios[0].name} {policy}"))
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "scenario": scenarios[0].name,
+                        "policy": policy,
+                        "arch": args.arch,
+                        "schedule": args.schedule,
+                        "violation": str(out.error) if out.error else None,
+                        "steps": [vars_step(st) for st in steps],
+                    },
+                    indent=1,
+                )
+            )
+        else:
+            for key, value in echo.items():
+                print(f"# {key} {value}")
+            print(f"# schedule {args.schedule}")
+            _print_steps(steps)
+            print(f"violation: {out.error}" if out.error else "no violation on this schedule")
+        return 1 if out.error else 0
+
+    results = []
+    show = sys.stderr.isatty() and not args.json
+    for sc in scenarios:
+
+        def progress(n: int, states: int, sc=sc) -> None:
+            if show and n % 50 == 0:
+                print(f"\r{sc.name}: {n} schedules, {states} states", end="", file=sys.stderr)
+
+        res = search(sc, maker, args.arch, args.preemptions, args.max_schedules, progress)
+        if show:
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+        results.append(res)
+        if res.violation is not None:
+            labels = parse_schedule(res.schedule or "")
+            _, res.steps = replay(sc, maker, args.arch, labels)
+            if args.trace:
+                write_atomic(args.trace, steps_to_trace(res.steps, f"{sc.name} {policy}"))
+            break
+    found = any(r.violation for r in results)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=1))
+        return 1 if found else 0
+    for key, value in echo.items():
+        print(f"# {key} {value}")
+    for r in results:
+        if r.violation is None:
+            bound = "complete" if r.complete else "stopped at --max-schedules"
+            print(
+                f"{r.scenario}: no violation within {r.preemptions} preemptions "
+                f"({r.schedules} schedules, {r.states} states, {r.seconds:.1f} s, {bound})"
+            )
+            continue
+        print(f"{r.scenario}: VIOLATION after {r.schedules} schedules ({r.seconds:.1f} s)")
+        print(f"  {r.violation}")
+        print(f"  minimal schedule: {r.schedule}")
+        extra = f" --policy-file {args.policy_file}" if args.policy_file else f" --policy {policy}"
+        print(
+            f"  replay: exitsim check {r.scenario}{extra} --arch {args.arch} "
+            f"--schedule '{r.schedule}'"
+        )
+        _print_steps(r.steps)
+    return 1 if found else 0
+
+
+def vars_step(st: Any) -> dict[str, Any]:
+    return {
+        "step": st.index,
+        "time_ns": st.time_ns,
+        "cpu": st.cpu,
+        "thread": st.thread,
+        "function": st.function,
+        "state": st.op,
+    }
+
+
+def _print_steps(steps: list[Any]) -> None:
+    print(f"{'step':>5} {'cpu':>4}  {'thread':10} {'kernel function':28} op")
+    for st in steps:
+        cpu = "-" if st.cpu is None else str(st.cpu)
+        print(f"{st.index:>5} {cpu:>4}  {st.thread:10} {st.function:28} {st.op}")
+
+
 def write_atomic(path: str, text: str) -> None:
     """Write to a temporary file beside ``path`` and rename: never half-written."""
     target = Path(path)
@@ -430,6 +602,7 @@ COMMANDS: dict[str, Any] = {
     "run": cmd_run,
     "compare": cmd_compare,
     "list": cmd_list,
+    "check": cmd_check,
 }
 
 
@@ -451,6 +624,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"exitsim: model error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, as a Unix filter does.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("exitsim: interrupted", file=sys.stderr)
         return 130

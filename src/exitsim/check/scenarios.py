@@ -227,7 +227,7 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def factory(
-    scenario: Scenario, policy_maker: Callable[[], Policy], arch: str
+    scenario: Scenario, policy_maker: Callable[[], Policy], arch: str, record: bool = False
 ) -> Callable[[Chooser], CheckRun]:
     """What the explorer calls for every schedule: a fresh kernel running the
     scenario, driven by ``chooser``."""
@@ -241,6 +241,7 @@ def factory(
             chooser=chooser,
             step_each_op=True,
             strict=True,
+            record=record,
         )
         k.start_kernel_threads()
         scenario.setup(k)

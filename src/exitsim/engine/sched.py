@@ -66,6 +66,21 @@ K_CALL = 4  # a plain callback (timers, workload arrivals)
 KIND_NAMES = ("cont", "dispatch", "intr", "intr_done", "call")
 
 
+def op_detail(op: object) -> str:
+    """A few words on what an op does, for the event log (only when recording)."""
+    if isinstance(op, Run):
+        return f"{op.ns}ns {'user' if op.mode == USER else 'sys'}"
+    if isinstance(op, (Acquire, Release)):
+        return op.lock.name
+    if isinstance(op, (Sleep, SpinWait, Wakeup)):
+        return str(op.chan)
+    if isinstance(op, Ipi):
+        return f"{op.label} to cpus {','.join(map(str, op.targets))}"
+    if isinstance(op, Broadcast):
+        return f"{op.count} x {op.label}"
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """What the engine itself needs to know; costs come from the machine profile.
@@ -492,7 +507,7 @@ class Engine:
                 n += 1
                 cls = type(op)
                 if log is not None:
-                    log.append((now, c.index, t.tid, cls.__name__))
+                    log.append((now, c.index, t.tid, cls.__name__, op_detail(op)))
                 # NOTE: Run is inlined for speed; _op_run holds the same rule.
                 if cls is Run:
                     ns = op.ns
@@ -780,7 +795,7 @@ class Engine:
             names = ", ".join(lock.name for lock in t.held)
             raise LockError(f"{t.name} exited holding {names}")
         if self.log is not None:
-            self.log.append((self.now, c.index, t.tid, "exit"))
+            self.log.append((self.now, c.index, t.tid, "exit", ""))
         t.state = DEAD
         t.exit_ns = self.now
         self._leave_cpu(c, t)

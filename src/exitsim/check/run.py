@@ -1,0 +1,151 @@
+"""What ``exitsim check`` does, below the command line: search a scenario's schedules
+for a violation, shrink what is found, and replay a schedule step by step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from exitsim.check.scenarios import SCENARIOS, CheckRun, Scenario, factory
+from exitsim.engine.errors import InvariantViolation
+from exitsim.engine.explore import (
+    Outcome,
+    explore,
+    format_schedule,
+    run_schedule,
+    shrink,
+)
+from exitsim.engine.thread import DEAD, Thread
+from exitsim.policies.base import Policy
+
+
+@dataclass(slots=True)
+class Step:
+    """One step of a replayed schedule, for the narrative."""
+
+    index: int
+    time_ns: int
+    cpu: int | None
+    thread: str
+    function: str
+    op: str
+    note: str = ""
+
+
+@dataclass(slots=True)
+class CheckResult:
+    scenario: str
+    policy: str
+    arch: str
+    preemptions: int
+    schedules: int
+    states: int
+    seconds: float
+    complete: bool
+    violation: str | None = None
+    invariant: int | None = None
+    schedule: str | None = None
+    steps: list[Step] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "policy": self.policy,
+            "arch": self.arch,
+            "preemptions": self.preemptions,
+            "schedules": self.schedules,
+            "states": self.states,
+            "seconds": round(self.seconds, 3),
+            "complete": self.complete,
+            "violation": self.violation,
+            "invariant": self.invariant,
+            "schedule": self.schedule,
+        }
+
+
+def where(t: Thread) -> str:
+    """The kernel function a thread is in: the innermost frame of its yield-from
+    chain."""
+    g: Any = t.gen
+    name = "?"
+    while g is not None:
+        frame = getattr(g, "gi_frame", None)
+        if frame is not None:
+            name = frame.f_code.co_name
+        g = getattr(g, "gi_yieldfrom", None)
+    return name
+
+
+def search(
+    scenario: Scenario,
+    policy_maker: Callable[[], Policy],
+    arch: str,
+    preemptions: int = 2,
+    max_schedules: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CheckResult:
+    """Explore ``scenario`` under a design; on a violation, shrink its schedule."""
+    f = factory(scenario, policy_maker, arch)
+    res = explore(f, preemptions, max_schedules, progress)
+    out = CheckResult(
+        scenario.name,
+        policy_maker().name,
+        arch,
+        preemptions,
+        res.schedules,
+        res.states,
+        res.seconds,
+        res.complete,
+    )
+    if res.violation is not None:
+        small = shrink(f, res.violation.schedule)
+        _describe(out, small)
+    return out
+
+
+def _describe(out: CheckResult, o: Outcome) -> None:
+    e = o.error
+    out.violation = str(e)
+    out.invariant = e.invariant if isinstance(e, InvariantViolation) else None
+    out.schedule = format_schedule(o.schedule)
+
+
+def replay(
+    scenario: Scenario, policy_maker: Callable[[], Policy], arch: str, schedule: list[str]
+) -> tuple[Outcome, list[Step]]:
+    """Run exactly ``schedule`` (then the default) and record every op: which CPU,
+    which thread, in which kernel function, doing what."""
+    f = factory(scenario, policy_maker, arch, record=True)
+    steps: list[Step] = []
+    seen = [0]
+
+    def on_step(run: CheckRun, i: int) -> None:
+        eng = run.engine
+        log = eng.log or []
+        by_tid = {t.tid: t for t in eng.threads}
+        for now, cpu, tid, opname, detail in log[seen[0] :]:
+            t = by_tid[tid]
+            fn = where(t) if t.state != DEAD else "sched_exit"
+            steps.append(Step(i, now, cpu, t.name, fn, f"{opname} {detail}".strip()))
+        seen[0] = len(log)
+
+    out = run_schedule(f, schedule, on_step=on_step)
+    return out, steps
+
+
+def _state(t: Thread) -> str:
+    return ("runnable", "on cpu", f"asleep ({t.wmesg})", "dead")[t.state]
+
+
+def scenario_names(names: list[str]) -> list[Scenario]:
+    out = []
+    for n in names or list(SCENARIOS):
+        if n not in SCENARIOS:
+            raise CheckUsageError(f"unknown scenario {n!r} (known: {', '.join(SCENARIOS)})")
+        out.append(SCENARIOS[n])
+    return out
+
+
+class CheckUsageError(ValueError):
+    """A bad scenario name or schedule: one line, exit status 2."""
