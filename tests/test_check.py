@@ -1,0 +1,173 @@
+"""exitsim check: the explorer catches each deliberately broken design (a mutant written
+through the public policy hooks), the reported schedule replays the same violation, and
+the committed designs pass small searches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exitsim.check.run import replay, search
+from exitsim.check.scenarios import SCENARIOS, factory
+from exitsim.cli import main
+from exitsim.engine.explore import explore, parse_schedule, run_schedule
+from exitsim.policies.registry import get_policy, load_policy_file
+
+MUTANTS = Path(__file__).parent / "mutants"
+
+# (mutant file or design, arch, scenario, the invariant that must fire)
+CASES = [
+    ("pmap_purge_nowait.py", "arm64", "threads2", 1),
+    ("purge_before_thrdeath.py", "arm64", "threads2", 3),
+    ("free_before_shootdown.py", "amd64", "threads2", 1),
+    ("no-reaper", "amd64", "wait2", 6),
+]
+
+
+def _maker(what: str):
+    if what.endswith(".py"):
+        path = str(MUTANTS / what)
+        return lambda: load_policy_file(path)
+    return lambda: get_policy(what)
+
+
+@pytest.mark.parametrize(("what", "arch", "scenario", "invariant"), CASES)
+def test_the_checker_catches_each_broken_design_and_the_schedule_replays(
+    what: str, arch: str, scenario: str, invariant: int
+) -> None:
+    """Each mutant breaks the invariant its docstring names; the search finds it within
+    the default bound, and replaying the shrunk schedule reproduces it."""
+    r = search(SCENARIOS[scenario], _maker(what), arch, preemptions=2, max_schedules=5000)
+    assert r.violation is not None, f"{what}: no violation in {r.schedules} schedules"
+    assert r.invariant == invariant, r.violation
+    out, steps = replay(SCENARIOS[scenario], _maker(what), arch, parse_schedule(r.schedule or ""))
+    assert out.error is not None and getattr(out.error, "invariant", None) == invariant
+    assert str(out.error) == r.violation
+    assert steps, "the replay shows its steps"
+
+
+def test_pmap_purge_mutant_needs_a_sibling_still_on_the_pmap() -> None:
+    """The same mutant on single-threaded processes does no harm:
+    with no sibling, nobody's TTBR0 is left on the user tables."""
+    r = search(
+        SCENARIOS["forkrace"],
+        _maker("pmap_purge_nowait.py"),
+        "arm64",
+        preemptions=1,
+        max_schedules=3000,
+    )
+    assert r.violation is None
+
+
+@pytest.mark.parametrize("design", ["reaper", "purge", "purge+pmap_purge"])
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_committed_designs_pass_a_bounded_search_of_the_threaded_exit(
+    design: str, arch: str
+) -> None:
+    """No violation in any schedule of threads2 with one preemption (the full default
+    bound over every scenario is in docs/checking.md)."""
+    r = search(SCENARIOS["threads2"], lambda: get_policy(design), arch, preemptions=1)
+    assert r.violation is None, r.violation
+    assert r.complete and r.schedules > 1
+
+
+def test_a_schedule_replays_exactly() -> None:
+    """Two replays of the same schedule take the same steps and end the same way."""
+    f = factory(SCENARIOS["wait2"], lambda: get_policy("purge+pmap_purge"), "amd64")
+    a = run_schedule(f, ["0", "1", "1", "0", "1"])
+    b = run_schedule(f, ["0", "1", "1", "0", "1"])
+    assert a.schedule == b.schedule and a.steps == b.steps and a.error is None
+
+
+def test_the_search_prunes_revisited_states() -> None:
+    f = factory(SCENARIOS["threads2"], lambda: get_policy("purge"), "amd64")
+    r = explore(f, preemptions=1)
+    assert r.complete
+    assert r.states > 0 and r.schedules < 10_000
+
+
+def test_check_cli_reports_a_violation_with_a_replay_command(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    trace = tmp_path / "cx.json"
+    rc = main(
+        [
+            "check",
+            "threads2",
+            "--arch",
+            "amd64",
+            "--policy-file",
+            str(MUTANTS / "free_before_shootdown.py"),
+            "--trace",
+            str(trace),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "VIOLATION" in out and "invariant 1" in out
+    assert "replay: exitsim check threads2" in out and "--schedule" in out
+    doc = json.loads(trace.read_text())
+    names = {e["name"] for e in doc["traceEvents"] if e["ph"] == "X"}
+    assert "uvm_pglistfree" in names
+    tids = {e["tid"] for e in doc["traceEvents"]}
+    assert all(t >= 1000 for t in tids if t)
+
+
+def test_check_cli_passes_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "check",
+                "forkrace",
+                "--policy",
+                "purge",
+                "--arch",
+                "amd64",
+                "--preemptions",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    res = json.loads(capsys.readouterr().out)
+    assert res[0]["scenario"] == "forkrace" and res[0]["violation"] is None
+
+
+def test_check_replays_a_schedule_step_by_step(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        ["check", "wait2", "--policy", "no-reaper", "--arch", "amd64", "--schedule", "0,0,0,0,1"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "# schedule 0,0,0,0,1" in out and "invariant 6" in out
+    assert "kernel function" in out and "dowait6" in out
+
+
+def test_check_lists_its_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in SCENARIOS:
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["check", "nosuch"], "unknown scenario 'nosuch'"),
+        (["check", "wait2", "--schedule", "0,zz"], "is not a step"),
+        (["check", "wait2", "--schedule", "7"], "--schedule"),
+        (["check", "wait2", "shm2", "--schedule", "0"], "exactly one"),
+        (["check", "--policy", "nope"], "unknown design 'nope'"),
+        (["check", "--preemptions", "-1"], "--preemptions"),
+    ],
+)
+def test_check_bad_input_is_one_line_and_exit_status_2(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err, err
+    assert len(err.strip().splitlines()) == 1
