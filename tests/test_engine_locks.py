@@ -343,7 +343,7 @@ def test_rwlock_waiter_sleeps_and_its_cpu_runs_another_thread() -> None:
     assert eng.cpus[1].acct[M_SPIN] == 0
     # The third thread ran on the reader's CPU while the reader slept.
     assert eng.log is not None
-    third_ops = [(when, cpu) for when, cpu, tid, _ in eng.log if tid == third.tid]
+    third_ops = [(e[0], e[1]) for e in eng.log if e[2] == third.tid]
     assert third_ops == [(50, 1), (150, 1)]
     assert third.exit_ns == 150
     assert third.user_ns == 100
