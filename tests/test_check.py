@@ -171,3 +171,26 @@ def test_check_bad_input_is_one_line_and_exit_status_2(
     err = capsys.readouterr().err
     assert needle in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_pmap_purge_never_spins_when_siblings_exit_holding_the_kernel_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """arm64 pmap_purge spins while pm_active != 1 (pmap.c 1.113). Siblings enter exit1
+    with the kernel lock and keep it until after pmap_deactivate, and the main thread
+    must take it back after thrdeath, so in every schedule the spin finds nothing to
+    wait for."""
+    import exitsim.vm.pmap as pmap_mod
+    from exitsim.engine.ops import SpinWait
+
+    spins = []
+
+    def counting(*a: object, **kw: object) -> SpinWait:
+        spins.append(a)
+        return SpinWait(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pmap_mod, "SpinWait", counting)
+    f = factory(SCENARIOS["threads2"], lambda: get_policy("purge+pmap_purge"), "arm64")
+    r = explore(f, preemptions=2)
+    assert r.complete and r.violation is None
+    assert spins == []
