@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from exitsim.engine.ops import Acquire, Release, Run
 from exitsim.engine.thread import KPath
-from exitsim.vm.amap import amap_add
+from exitsim.vm.amap import AMAP_SHARED, amap_add
 from exitsim.vm.anon import VmAnon
 from exitsim.vm.map import (
     PROT_WRITE,
@@ -32,7 +32,7 @@ from exitsim.vm.map import (
 )
 from exitsim.vm.object import uvm_obj_getpage
 from exitsim.vm.page import ANON, uvm_pagealloc
-from exitsim.vm.pmap import pmap_enter
+from exitsim.vm.pmap import pmap_enter, pmap_page_protect_none
 from exitsim.vm.vmspace import Vmspace, amap_copy
 
 if TYPE_CHECKING:
@@ -103,6 +103,10 @@ def _fault_unit(uvm: Uvm, p: Thread, vm: Vmspace, vpn: int, n: int, write: bool)
             yield Run(c.page_copy_ns * n)
             new = VmAnon(pg, n)
             pg.owner = new
+            if amap.am_flags & AMAP_SHARED and anon.an_page is not None:  # type: ignore[union-attr]
+                # amap_add(replace) in a shared amap: every process sharing it must
+                # stop seeing the old page, not only this one.
+                yield from pmap_page_protect_none(uvm, p, anon.an_page)
             anon.an_ref -= 1
             amap_add(amap, slot, new, replace=True)  # type: ignore[arg-type]
             uvm.counters.cow_copies += n
@@ -121,6 +125,10 @@ def _fault_unit(uvm: Uvm, p: Thread, vm: Vmspace, vpn: int, n: int, write: bool)
             yield Run(c.page_copy_ns * n)
             anon = VmAnon(pg, n)
             pg.owner = anon
+            if amap.am_flags & AMAP_SHARED:  # type: ignore[union-attr]
+                # "promote to shared amap? make sure all sharing procs see it"
+                # (uvm_fault_lower_promote): the object page loses every mapping.
+                yield from pmap_page_protect_none(uvm, p, opg)
             amap_add(amap, slot, anon, replace=False)  # type: ignore[arg-type]
             uvm.counters.cow_copies += n
             page, writable = pg, True
