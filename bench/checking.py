@@ -21,18 +21,22 @@ def main() -> None:
     ap.add_argument("--arches", default="amd64,arm64")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     a = ap.parse_args()
-    print(f"<!-- {platform.machine()} {platform.python_implementation()} "
-          f"{platform.python_version()}, preemptions {a.preemptions} -->")
+    print(
+        f"<!-- {platform.machine()} {platform.python_implementation()} "
+        f"{platform.python_version()}, preemptions {a.preemptions} -->"
+    )
     print("| scenario | design | arch | schedules | states | seconds | result |")
     print("|---|---|---|---|---|---|---|")
     for name in a.scenarios.split(","):
         for design in a.designs.split(","):
             for arch in a.arches.split(","):
-                r = search(SCENARIOS[name], lambda d=design: get_policy(d), arch,
-                           a.preemptions)
+                r = search(SCENARIOS[name], lambda d=design: get_policy(d), arch, a.preemptions)
                 result = "no violation" if r.violation is None else f"VIOLATION: {r.violation}"
-                print(f"| {name} | {design} | {arch} | {r.schedules} | {r.states} | "
-                      f"{r.seconds:.1f} | {result} |", flush=True)
+                print(
+                    f"| {name} | {design} | {arch} | {r.schedules} | {r.states} | "
+                    f"{r.seconds:.1f} | {result} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

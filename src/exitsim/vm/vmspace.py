@@ -172,8 +172,14 @@ def uvmspace_fork(uvm: Uvm, p: Thread, vm1: Vmspace, name: str) -> KPath:
         elif inh == MAP_INHERIT_COPY:
             c = _clone(e, share_amap=False)
             c.etype |= UVM_ET_COPYONWRITE | UVM_ET_NEEDSCOPY
+            # uvm_mapent_forkcopy: a shared (or wired) amap is copied for the child at
+            # once; then, unless wired (amap_cow_now, not modelled), a parent with an
+            # amap that is not needs-copy is write-protected and made needs-copy, so
+            # its next write breaks copy-on-write instead of changing the child's page.
             if e.amap is not None and (e.amap.am_flags & AMAP_SHARED or e.wired_count):
                 yield from amap_copy(uvm, p, new, c)
+            if e.wired_count:
+                pass
             elif e.amap is not None and not e.etype & UVM_ET_NEEDSCOPY:
                 if e.max_protection & PROT_WRITE:
                     yield from pmap_protect_ro(uvm, p, old.pmap, e.start, e.end)  # type: ignore[arg-type]
