@@ -32,31 +32,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {v})")
-    return v
+def _int_in(lo: int, hi: int | None = None) -> Any:
+    """An argparse type: a whole number from ``lo`` (to ``hi``), refused in one line."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            span = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"must be {span} (got {v})")
+        return v
+
+    return parse
 
 
-def _cpus(text: str) -> int:
-    v = _positive(text)
-    if v > 256:
-        raise argparse.ArgumentTypeError(f"must be 1..256 (got {v})")
-    return v
-
-
-def _nonneg(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative (got {v})")
-    return v
+_positive = _int_in(1)
+_nonneg = _int_in(0)
+_cpus = _int_in(1, 256)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ destroys the pmap and frees the vmspace. ``uvm_exit`` is the reaper's call.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from exitsim.engine.ops import Acquire, Release, Run
@@ -127,19 +128,7 @@ def amap_copy(uvm: Uvm, p: Thread, map: VmMap, e: VmMapEntry) -> KPath:
 
 def _clone(e: VmMapEntry, share_amap: bool) -> VmMapEntry:
     """``uvm_mapent_clone``: the same object and amap, each with one more reference."""
-    c = VmMapEntry(
-        e.start,
-        e.end,
-        e.protection,
-        e.max_protection,
-        e.inheritance,
-        e.etype,
-        0,
-        e.amap,
-        e.aref_pageoff,
-        e.object,
-        e.offset,
-    )
+    c = replace(e, wired_count=0, killed=False)
     if c.amap is not None:
         amap_ref(c.amap, c.aref_pageoff, c.npages)
         if share_amap:
@@ -185,13 +174,17 @@ def uvmspace_fork(uvm: Uvm, p: Thread, vm1: Vmspace, name: str) -> KPath:
                     yield from pmap_protect_ro(uvm, p, old.pmap, e.start, e.end)  # type: ignore[arg-type]
                 e.etype |= UVM_ET_COPYONWRITE | UVM_ET_NEEDSCOPY
         elif inh == MAP_INHERIT_ZERO:
-            c = VmMapEntry(
-                e.start,
-                e.end,
-                e.protection,
-                e.max_protection,
-                e.inheritance,
-                (e.etype | UVM_ET_COPYONWRITE | UVM_ET_NEEDSCOPY) & ~UVM_ET_OBJ,
+            # uvm_mapent_forkzero: a clone that drops the amap and the object again,
+            # so the child faults in fresh zero-filled memory.
+            c = replace(
+                e,
+                etype=(e.etype | UVM_ET_COPYONWRITE | UVM_ET_NEEDSCOPY) & ~UVM_ET_OBJ,
+                wired_count=0,
+                amap=None,
+                aref_pageoff=0,
+                object=None,
+                offset=0,
+                killed=False,
             )
         else:
             raise ValueError(f"uvmspace_fork: bad inheritance {inh} in {e}")
