@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--arch", choices=sorted(ARCHES), default="amd64", help="default amd64")
     r.add_argument("--cpus", type=_cpus, default=8, help="CPUs, 1..256 (default 8)")
+    r.add_argument(
+        "--trace", metavar="FILE", help="also write a Perfetto trace (Chrome JSON) of the run"
+    )
     common(r)
 
     c = sub.add_parser("compare", help="designs x CPU counts x arches on one workload")
@@ -251,7 +254,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_output(args.output)
     cfg = _config(args, args.policy, args.arch, args.cpus)
     _validate(cfg)
-    result = simulate(cfg)
+    if args.trace:
+        if not Path(args.trace).parent.is_dir():
+            raise UsageError(f"--trace: directory {Path(args.trace).parent} does not exist")
+        from exitsim.sim import simulate_traced
+
+        result, trace = simulate_traced(cfg)
+        write_atomic(args.trace, trace)
+    else:
+        result = simulate(cfg)
     text = json.dumps(result, sort_keys=True, indent=1) + "\n"
     if args.output:
         write_atomic(args.output, text)

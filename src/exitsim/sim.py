@@ -54,6 +54,7 @@ def build_kernel(cfg: SimConfig, **kernel_kw: Any) -> Kernel:
         raise ValueError(f"cpus must be at least 1 (got {cfg.cpus})")
     machine = Machine(cfg.arch, cfg.cpus, cfg.granularity)
     k = Kernel(machine, make_policy(cfg), total_pages=cfg.total_pages, debug=cfg.debug, **kernel_kw)
+    k.config = cfg
     k.start_kernel_threads()
     start_workload(k, cfg.workload, cfg.workload_params, cfg.seed)
     return k
@@ -61,7 +62,22 @@ def build_kernel(cfg: SimConfig, **kernel_kw: Any) -> Kernel:
 
 def simulate(cfg: SimConfig) -> dict[str, Any]:
     """Run ``cfg`` to the end and return its Result (a JSON-ready dict)."""
-    k = build_kernel(cfg)
+    return _run(build_kernel(cfg))
+
+
+def simulate_traced(cfg: SimConfig) -> tuple[dict[str, Any], str]:
+    """As ``simulate``, also recording a Perfetto trace of the run (slower)."""
+    from exitsim.report.perfetto import TraceRecorder
+
+    k = build_kernel(cfg, record=True)
+    rec = TraceRecorder(k)
+    result = _run(k)
+    cfg_ = result["config"]
+    return result, rec.to_json(f"{cfg_['policy']} {cfg_['arch']} {cfg_['cpus']} CPUs")
+
+
+def _run(k: Kernel) -> dict[str, Any]:
+    cfg = k.config
     k.engine.run()
     k.engine.finish()
     k.meters.close()

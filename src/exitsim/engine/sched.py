@@ -188,6 +188,9 @@ class Engine:
         self.ipis = 0
         self.broadcasts = 0
         self.log: list[tuple[Any, ...]] | None = [] if config.record else None
+        #: With ``record``, also called as ``tracer(now, cpu, thread, op)`` for every op
+        #: (the Perfetto exporter uses it).
+        self.tracer: Callable[[int, int, Thread, Any], None] | None = None
         self.quantum = config.quantum_ns
         self.ctxsw = config.ctxsw_ns
         self.step_each_op = config.step_each_op
@@ -508,6 +511,8 @@ class Engine:
                 cls = type(op)
                 if log is not None:
                     log.append((now, c.index, t.tid, cls.__name__, op_detail(op)))
+                    if self.tracer is not None:
+                        self.tracer(now, c.index, t, op)
                 # NOTE: Run is inlined for speed; _op_run holds the same rule.
                 if cls is Run:
                     ns = op.ns

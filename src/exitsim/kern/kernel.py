@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exitsim.engine.chooser import Chooser
 from exitsim.engine.errors import SimError
@@ -67,6 +67,7 @@ class Kernel:
         self.initprocess = self._new_process("init", None)
         self.initprocess.ps_flags |= PS_SYSTEM
         self.reaper_proc: Proc | None = None
+        self.config: Any = None  # the SimConfig a run was built from, when there is one
 
     @property
     def now(self) -> int:
