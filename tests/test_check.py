@@ -14,6 +14,7 @@ from exitsim.check.scenarios import SCENARIOS, factory
 from exitsim.cli import main
 from exitsim.engine.explore import explore, parse_schedule, run_schedule
 from exitsim.policies.registry import get_policy, load_policy_file
+from tests.clikit import assert_usage_error
 
 MUTANTS = Path(__file__).parent / "mutants"
 
@@ -167,10 +168,7 @@ def test_check_lists_its_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
 def test_check_bad_input_is_one_line_and_exit_status_2(
     argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert needle in err, err
-    assert len(err.strip().splitlines()) == 1
+    assert_usage_error(argv, needle, capsys)
 
 
 def test_pmap_purge_never_spins_when_siblings_exit_holding_the_kernel_lock(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from exitsim.cli import main
+from tests.clikit import assert_usage_error
 
 SMALL = ["--param", "jobs=2", "--param", "cc1_user_ms=2"]
 
@@ -122,10 +123,7 @@ def test_list_names_every_design_arch_and_workload(capsys: pytest.CaptureFixture
 def test_bad_input_is_one_line_and_exit_status_2(
     argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert needle in err, err
-    assert len(err.strip().splitlines()) == 1
+    assert_usage_error(argv, needle, capsys)
 
 
 def test_a_policy_file_that_does_not_load_is_refused(

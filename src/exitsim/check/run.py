@@ -16,7 +16,7 @@ from exitsim.engine.explore import (
     run_schedule,
     shrink,
 )
-from exitsim.engine.thread import DEAD, Thread
+from exitsim.engine.thread import DEAD, Thread, where
 from exitsim.policies.base import Policy
 
 
@@ -62,19 +62,6 @@ class CheckResult:
             "invariant": self.invariant,
             "schedule": self.schedule,
         }
-
-
-def where(t: Thread) -> str:
-    """The kernel function a thread is in: the innermost frame of its yield-from
-    chain."""
-    g: Any = t.gen
-    name = "?"
-    while g is not None:
-        frame = getattr(g, "gi_frame", None)
-        if frame is not None:
-            name = frame.f_code.co_name
-        g = getattr(g, "gi_yieldfrom", None)
-    return name
 
 
 def search(

@@ -44,7 +44,15 @@ from exitsim.engine.ops import (
     Wakeup,
     Yield,
 )
-from exitsim.engine.thread import DEAD, ONPROC, RUNNABLE, SLEEPING, KPath, Thread
+from exitsim.engine.thread import (
+    DEAD,
+    ONPROC,
+    RUNNABLE,
+    SLEEPING,
+    KPath,
+    Thread,
+    innermost_frame,
+)
 
 # Accounting buckets of a CPU; M_USER/M_SYS equal the ops' USER/SYS.
 M_USER = 0
@@ -564,11 +572,7 @@ class Engine:
             t.nops += n
 
     def _bad_yield_message(self, t: Thread, op: object) -> str:
-        # Walk down the yield-from chain to the function that really yielded.
-        g: Any = t.gen
-        while getattr(g, "gi_yieldfrom", None) is not None:
-            g = g.gi_yieldfrom
-        frame = getattr(g, "gi_frame", None)
+        frame = innermost_frame(t)
         where = ""
         if frame is not None:
             where = f" in {frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})"

@@ -79,3 +79,20 @@ class Thread:
 
     def __repr__(self) -> str:
         return f"<Thread {self.tid} {self.name}>"
+
+
+def innermost_frame(t: Thread) -> Any:
+    """The frame at the bottom of ``t``'s ``yield from`` chain: the kernel function
+    that yielded the op ``t`` is waiting on (None once the generator is finished)."""
+    g: Any = t.gen
+    frame = None
+    while g is not None:
+        frame = getattr(g, "gi_frame", None) or frame
+        g = getattr(g, "gi_yieldfrom", None)
+    return frame
+
+
+def where(t: Thread) -> str:
+    """The name of the kernel function ``t`` is in, or "?"."""
+    frame = innermost_frame(t)
+    return frame.f_code.co_name if frame is not None else "?"

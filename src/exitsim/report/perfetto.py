@@ -14,6 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from exitsim.engine.ops import USER, Run
+from exitsim.engine.thread import where
 
 if TYPE_CHECKING:
     from exitsim.engine.thread import Thread
@@ -21,17 +22,6 @@ if TYPE_CHECKING:
 
 TRACK_BASE = 1000
 PID = 1
-
-
-def _where(t: Thread) -> str:
-    g: Any = t.gen
-    name = "?"
-    while g is not None:
-        frame = getattr(g, "gi_frame", None)
-        if frame is not None:
-            name = frame.f_code.co_name
-        g = getattr(g, "gi_yieldfrom", None)
-    return name
 
 
 class TraceRecorder:
@@ -49,7 +39,7 @@ class TraceRecorder:
             comm = getattr(getattr(t, "p_p", None), "comm", t.name)
             name = f"user {comm}"
         else:
-            name = _where(t)
+            name = where(t)
         self.slices.append((now, op.ns, cpu, name, t.name))
 
     def to_json(self, title: str) -> str:
