@@ -13,7 +13,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -203,11 +203,10 @@ def _params(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _check_output(path: str | None) -> None:
-    if path:
-        out_dir = Path(path).parent
-        if not out_dir.is_dir():
-            raise UsageError(f"--output: directory {out_dir} does not exist")
+def _check_dir(flag: str, path: str | None) -> None:
+    """Refuse an output file whose directory does not exist, before any run."""
+    if path and not Path(path).parent.is_dir():
+        raise UsageError(f"{flag}: directory {Path(path).parent} does not exist")
 
 
 def _config(args: argparse.Namespace, policy: str, arch: str, cpus: int) -> Any:
@@ -228,7 +227,6 @@ def _config(args: argparse.Namespace, policy: str, arch: str, cpus: int) -> Any:
 
 def _validate(cfg: Any) -> None:
     """Refuse bad input before any run starts: the design, the workload, its params."""
-    from exitsim.kern.kernel import Kernel  # noqa: F401  (import errors surface here)
     from exitsim.policies.registry import PolicyLoadError
     from exitsim.sim import build_kernel
     from exitsim.workloads.registry import WorkloadError
@@ -251,12 +249,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from exitsim.report.table import cpu_table, lock_table, tlb_table
     from exitsim.sim import simulate
 
-    _check_output(args.output)
+    _check_dir("--output", args.output)
+    _check_dir("--trace", args.trace)
     cfg = _config(args, args.policy, args.arch, args.cpus)
     _validate(cfg)
     if args.trace:
-        if not Path(args.trace).parent.is_dir():
-            raise UsageError(f"--trace: directory {Path(args.trace).parent} does not exist")
         from exitsim.sim import simulate_traced
 
         result, trace = simulate_traced(cfg)
@@ -286,16 +283,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from exitsim.report.compare import compare_tables
     from exitsim.sim import simulate
 
-    _check_output(args.output)
+    _check_dir("--output", args.output)
+    _check_dir("--plot", args.plot)
     if args.plot:
-        pdir = Path(args.plot).parent
-        if not pdir.is_dir():
-            raise UsageError(f"--plot: directory {pdir} does not exist")
         if Path(args.plot).suffix.lower() not in (".png", ".svg"):
             raise UsageError(f"--plot: {args.plot} must end in .png or .svg")
     policies = [x for x in args.policies.split(",") if x]
-    if args.policy_file:
-        policies = [*policies, "<file>"]
     arches = [x for x in args.arches.split(",") if x]
     for a in arches:
         if a not in ARCHES:
@@ -308,27 +301,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--cpus: each must be 1..256 (got {args.cpus})")
     if not policies:
         raise UsageError("--policies: name at least one design")
-    configs = []
-    for arch in arches:
-        for n in cpus:
-            for pol in policies:
-                cfg = _config(args, pol, arch, n)
-                if pol == "<file>":
-                    cfg = _config(args, "purge", arch, n)
-                else:
-                    from dataclasses import replace
-
-                    cfg = replace(cfg, policy_file=None)
-                configs.append(cfg)
-    _validate(configs[0])
-    for cfg in configs[1:]:
-        if cfg.policy_file is None:
-            from exitsim.policies.registry import PolicyLoadError, get_policy
-
-            try:
-                get_policy(cfg.policy)
-            except PolicyLoadError as e:
-                raise UsageError(str(e)) from None
+    # Each named design, then the one in --policy-file (which names itself).
+    designs = [(pol, None) for pol in policies]
+    if args.policy_file:
+        designs.append(("file", args.policy_file))
+    configs = [
+        replace(_config(args, pol, arch, n), policy_file=pfile)
+        for arch in arches
+        for n in cpus
+        for pol, pfile in designs
+    ]
+    for cfg in configs[: len(designs)]:
+        _validate(cfg)
     results = _map_runs(simulate, configs, args.workers, quiet=args.json)
     text = json.dumps(results, sort_keys=True, indent=1) + "\n"
     if args.output:
@@ -436,8 +420,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     maker = _policy_maker(args)
     policy = maker().name
-    if args.trace and not Path(args.trace).parent.is_dir():
-        raise UsageError(f"--trace: directory {Path(args.trace).parent} does not exist")
+    _check_dir("--trace", args.trace)
     echo = {
         "policy": policy,
         "arch": args.arch,
@@ -579,10 +562,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.output:
-        out_dir = Path(args.output).parent
-        if not out_dir.is_dir():
-            raise UsageError(f"--output: directory {out_dir} does not exist")
+    _check_dir("--output", args.output)
     record = simulate_demo(cfg, _load_profile(args.profile, args.arch))
     text = json.dumps(record, sort_keys=True, indent=2) + "\n"
     if args.output:

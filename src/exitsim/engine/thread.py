@@ -40,7 +40,6 @@ class Thread:
         "saved_depths",
         "pending_depth",
         "run_left",
-        "run_mode",
         "wchan",
         "wmesg",
         "interlock",
@@ -66,7 +65,6 @@ class Thread:
         self.pending_depth = 0
         # A user run cut by preemption: what is left of it.
         self.run_left = 0
-        self.run_mode = 0
         self.wchan: object = None
         self.wmesg = ""
         self.interlock: Lock | None = None

@@ -264,8 +264,8 @@ def reaper(k: Kernel, p: Proc) -> KPath:
             yield from pol.reaper_uvm_exit(k, p, pr)
             if not pol.reaper_locked:
                 yield from KERNEL_LOCK(k)
-            make_zombie_or_zap(k, p, pr)
-            if pr.zapped is False and not pr.ps_flags & PS_ZOMBIE:
+            make_zombie(k, p, pr)
+            if not pr.zapped and not pr.ps_flags & PS_ZOMBIE:
                 yield from process_zap(k, p, pr)
             if not pol.reaper_locked:
                 yield from KERNEL_UNLOCK(k)
@@ -273,7 +273,7 @@ def reaper(k: Kernel, p: Proc) -> KPath:
             yield from KERNEL_UNLOCK(k)
 
 
-def make_zombie_or_zap(k: Kernel, p: Proc, pr: Process) -> None:
+def make_zombie(k: Kernel, p: Proc, pr: Process) -> None:
     """The notification part of the reaper: PS_ZOMBIE, then SIGCHLD, PS_WAITEVENT and
     the wakeup of the parent, in that order (E7). A PS_NOZOMBIE process is left for
     the caller to zap."""

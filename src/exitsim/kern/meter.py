@@ -71,7 +71,6 @@ class Meters:
         self.zombies = Level()  # processes that are PS_ZOMBIE and not yet waited for
         self.held_pages = Level()  # pages mapped by processes that began exiting
         self.unfreed_threads = Level()  # dead threads whose struct proc is not freed
-        self.exiting: list[Process] = []
 
     def process_exiting(self, pr: Process) -> None:
         """exit1 began for ``pr``: its mapped pages now count as held after exit,

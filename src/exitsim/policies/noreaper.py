@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from exitsim.engine.ops import Run
 from exitsim.engine.sync import KERNEL_LOCK, mp_release_all, tsleep
 from exitsim.engine.thread import DEAD, KPath
-from exitsim.kern.exit import make_zombie_or_zap, parent_chan, uvm_purge_checked
+from exitsim.kern.exit import make_zombie, parent_chan, uvm_purge_checked
 from exitsim.kern.proc import P_THREAD, PS_NOZOMBIE
 from exitsim.policies.base import Policy
 from exitsim.vm.vmspace import uvm_exit
@@ -43,7 +43,7 @@ class NoReaper(Policy):
             pr.zombie_ns = k.now
             k.engine.wakeup(parent_chan(k.initprocess))
         else:
-            make_zombie_or_zap(k, p, pr)
+            make_zombie(k, p, pr)
         yield from mp_release_all(k.kernel_lock, p)
         yield from uvm_purge_checked(k, p, True)
         yield from KERNEL_LOCK(k)
