@@ -85,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-s", "--seed", type=int, default=0, help="random seed (default 0)")
-        sp.add_argument("--workload", default="build", help="workload name (default build)")
+        sp.add_argument(
+            "--workload",
+            default="build",
+            metavar="NAME|FILE",
+            help="a generator by name (see exitsim list) or a workload file (default build)",
+        )
         sp.add_argument(
             "--param",
             action="append",
@@ -209,17 +214,40 @@ def _check_dir(flag: str, path: str | None) -> None:
         raise UsageError(f"{flag}: directory {Path(path).parent} does not exist")
 
 
+def _workload(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """``--workload`` and ``--param`` as a SimConfig's (workload, workload_params): a
+    generator by name, or a workload file (a path ending in .toml or naming a file)."""
+    from exitsim.workloads.spec import TREE, WorkloadFileError, load_workload_file, to_config
+
+    cached = getattr(args, "workload_config", None)
+    if cached is not None:
+        return cached
+    name = args.workload
+    params = _params(args.param)
+    if not (name.endswith(".toml") or "/" in name or Path(name).is_file()):
+        return name, params
+    try:
+        wname, wparams = to_config(load_workload_file(name))
+    except WorkloadFileError as e:
+        raise UsageError(str(e)) from None
+    if params and wname == TREE:
+        raise UsageError(f"--param: {name} is a process tree, it has no parameters")
+    args.workload_config = (wname, wparams | params)
+    return args.workload_config
+
+
 def _config(args: argparse.Namespace, policy: str, arch: str, cpus: int) -> Any:
     from exitsim.sim import SimConfig
 
+    workload, params = _workload(args)
     return SimConfig(
         policy=policy,
         arch=arch,
         cpus=cpus,
-        workload=args.workload,
+        workload=workload,
         seed=args.seed,
         granularity=args.granularity,
-        workload_params=_params(args.param),
+        workload_params=params,
         policy_file=args.policy_file,
         debug=args.debug_checks,
     )
@@ -238,7 +266,10 @@ def _validate(cfg: Any) -> None:
 
 
 def _echo(console: Any, items: dict[str, Any]) -> None:
+    """The config as ``# key value`` lines; a process tree as its size, not its text."""
     for key, value in items.items():
+        if key == "workload_params" and items.get("workload") == "tree":
+            value = f"{len(value.get('process', ()))} processes ({value.get('name') or 'unnamed'})"
         console.print(f"# {key} {value}", highlight=False, markup=False)
 
 
@@ -334,7 +365,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "arches": ",".join(arches),
             "cpus": ",".join(map(str, cpus)),
             "workload": args.workload,
-            "params": _params(args.param),
+            "params": _params(args.param) if _workload(args)[0] != "tree" else {},
             "seed": args.seed,
             "granularity": args.granularity,
         },
@@ -385,8 +416,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, arch in ARCHES.items():
         print(f"  {name:18} {arch.description}")
     print("workloads:")
-    for name, (summary, _, _) in WORKLOADS.items():
-        print(f"  {name:18} {summary}")
+    for name, gen in WORKLOADS.items():
+        print(f"  {name:18} {gen.summary}")
     return 0
 
 

@@ -30,6 +30,7 @@ from exitsim.engine.sync import (
 from exitsim.engine.thread import DEAD, KPath
 from exitsim.kern.proc import (
     EXIT_NORMAL,
+    EXIT_THREAD,
     P_SYSTEM,
     P_THREAD,
     P_WEXIT,
@@ -69,6 +70,14 @@ def sys_exit(k: Kernel, p: Proc, rval: int) -> KPath:
     yield Run(k.costs.syscall_ns)
     yield from KERNEL_LOCK(k)
     yield from exit1(k, p, rval, 0, EXIT_NORMAL)
+
+
+def sys___threxit(k: Kernel, p: Proc) -> KPath:
+    """__threxit(2): one thread leaves its process (a locked system call); the process
+    goes on while other threads remain."""
+    yield Run(k.costs.syscall_ns)
+    yield from KERNEL_LOCK(k)
+    yield from exit1(k, p, 0, 0, EXIT_THREAD)
 
 
 def single_thread_set_exit(k: Kernel, p: Proc) -> None:

@@ -34,47 +34,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exitsim.engine.thread import KPath
-from exitsim.kern.exec import Image, Segment, sys_execve
 from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process
-from exitsim.kern.syscall import syscall, user
-from exitsim.vm.fault import uvm_touch
+from exitsim.workloads.program import LIBC_PAGES, Program, exec_and_run
 
 if TYPE_CHECKING:
     from exitsim.kern.kernel import Kernel
     from exitsim.kern.proc import Proc
-
-LIBC_PAGES = 250
-TEXT_VPN = 0x400
-LIBC_VPN = 0x80000
-DATA_VPN = 0x10000
-HEAP_VPN = 0x20000
-STACK_VPN = 0x7F000000
-
-
-@dataclass(frozen=True, slots=True)
-class Program:
-    """What one program does between exec and exit."""
-
-    name: str
-    text_pages: int
-    heap_pages: int
-    user_ns: int
-    locked_calls: int
-    unlocked_calls: int
-    stack_pages: int = 16
-
-    def image(self) -> Image:
-        return Image(
-            self.name,
-            (
-                Segment("text", TEXT_VPN, self.text_pages, f"/usr/bin/{self.name}", False),
-                Segment("data", DATA_VPN, 8),
-                Segment("heap", HEAP_VPN, self.heap_pages),
-                Segment("libc", LIBC_VPN, LIBC_PAGES, "/usr/lib/libc.so", False),
-                Segment("stack", STACK_VPN, self.stack_pages),
-            ),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +60,9 @@ class BuildParams:
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
-            raise ValueError(f"build: jobs must be at least 1 (got {self.jobs})")
+            raise ValueError(f"jobs must be at least 1 (got {self.jobs})")
         if self.parallel < 0:
-            raise ValueError(f"build: parallel must not be negative (got {self.parallel})")
+            raise ValueError(f"parallel must not be negative (got {self.parallel})")
 
 
 def _lognormal_ns(rng: random.Random, median_ms: float, sigma: float) -> int:
@@ -134,32 +100,6 @@ def _calls(per_median: int, ns: int, median_ns: float) -> int:
 
 
 MAKE = Program("make", 450 - LIBC_PAGES, 114, 200_000, 10, 10)
-
-
-def run_program(k: Kernel, p: Proc, prog: Program) -> KPath:
-    """After exec: fault the image in, then compute with system calls in between."""
-    vm = p.p_vmspace
-    assert vm is not None
-    yield from uvm_touch(k.uvm, p, vm, TEXT_VPN, prog.text_pages)
-    yield from uvm_touch(k.uvm, p, vm, LIBC_VPN, LIBC_PAGES)
-    yield from uvm_touch(k.uvm, p, vm, DATA_VPN, 8, write=True)
-    yield from uvm_touch(k.uvm, p, vm, HEAP_VPN, prog.heap_pages, write=True)
-    yield from uvm_touch(k.uvm, p, vm, STACK_VPN, prog.stack_pages, write=True)
-    calls = prog.locked_calls + prog.unlocked_calls
-    chunk = prog.user_ns // (calls + 1)
-    left = prog.user_ns
-    # Spread the locked calls evenly among the unlocked ones.
-    for i in range(calls):
-        yield user(chunk)
-        left -= chunk
-        locked = (i * prog.locked_calls) // calls != ((i + 1) * prog.locked_calls) // calls
-        yield from syscall(k, p, "open" if locked else "read")
-    yield user(max(left, 1))
-
-
-def exec_and_run(k: Kernel, p: Proc, prog: Program) -> KPath:
-    yield from sys_execve(k, p, prog.image())
-    yield from run_program(k, p, prog)
 
 
 def cc_driver(k: Kernel, p: Proc, progs: dict[str, Program]) -> KPath:

@@ -1,12 +1,22 @@
-"""Workloads by name: each puts its processes on a fresh kernel at time 0."""
+"""Workloads by name: each puts its processes on a fresh kernel at time 0.
+
+A generator's parameters are a frozen dataclass; they are checked with pydantic (types
+strict, unknown keys refused) so ``--param`` and a workload file's ``[generator]``
+table give the same one-line errors.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from exitsim.workloads.build import BuildParams, start_build
+from exitsim.workloads.spec import TREE, validation_message
+from exitsim.workloads.tree import start_tree
 
 if TYPE_CHECKING:
     from exitsim.kern.kernel import Kernel
@@ -16,19 +26,34 @@ class WorkloadError(ValueError):
     """An unknown workload or a bad parameter; one line."""
 
 
-WORKLOADS: dict[str, tuple[str, type, Callable[[Kernel, Any, int], None]]] = {
-    "build": (
-        "make -jN of compile jobs: sh -> cc -> cc1, as (the default)",
-        BuildParams,
-        start_build,
+@dataclass(frozen=True, slots=True)
+class Generator:
+    """A built-in workload: what it is for, its parameters, how it starts."""
+
+    summary: str
+    params: type
+    start: Callable[[Kernel, Any, int], None]
+
+
+WORKLOADS: dict[str, Generator] = {
+    "build": Generator(
+        "make -jN of compile jobs: sh -> cc -> cc1, as (the default)", BuildParams, start_build
     ),
 }
 
 
-def start_workload(k: Kernel, name: str, params: dict[str, Any], seed: int) -> None:
+@cache
+def _adapter(cls: type) -> TypeAdapter[Any]:
+    return TypeAdapter(cls)
+
+
+def check_params(name: str, params: dict[str, Any]) -> Any:
+    """The generator's parameter object for ``params``, or WorkloadError."""
+    if name == TREE:
+        raise WorkloadError(f"{TREE!r} is not a generator: give the tree as [[process]]")
     if name not in WORKLOADS:
         raise WorkloadError(f"unknown workload {name!r} (known: {', '.join(WORKLOADS)})")
-    _, cls, start = WORKLOADS[name]
+    cls = WORKLOADS[name].params
     known = {f.name for f in fields(cls)}
     for key in params:
         if key not in known:
@@ -36,7 +61,21 @@ def start_workload(k: Kernel, name: str, params: dict[str, Any], seed: int) -> N
                 f"workload {name}: unknown parameter {key!r} (known: {', '.join(sorted(known))})"
             )
     try:
-        p = cls(**params)
+        return _adapter(cls).validate_python(params)
+    except ValidationError as e:
+        raise WorkloadError(f"workload {name}: {validation_message(e)}") from None
     except (TypeError, ValueError) as e:
         raise WorkloadError(f"workload {name}: {e}") from None
-    start(k, p, seed)
+
+
+def start_workload(k: Kernel, name: str, params: dict[str, Any], seed: int) -> None:
+    if name == TREE:
+        try:
+            start_tree(k, params, seed)
+        except ValidationError as e:
+            raise WorkloadError(f"workload tree: {validation_message(e)}") from None
+        except ValueError as e:
+            raise WorkloadError(f"workload tree: {e}") from None
+        return
+    p = check_params(name, params)
+    WORKLOADS[name].start(k, p, seed)

@@ -1,0 +1,106 @@
+"""Programs as the workloads run them: an image exec maps, the pages the program
+touches, and its compute with system calls in between.
+
+Every workload (the generators and a replayed process tree) is built from these, so a
+``cc1`` is the same kind of thing whichever workload runs it. Addresses are fixed per
+segment: they only have to be distinct, page-table placement follows from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from exitsim.engine.thread import KPath
+from exitsim.kern.exec import Image, Segment, sys_execve
+from exitsim.kern.exit import userret
+from exitsim.kern.syscall import syscall, user
+from exitsim.vm.fault import uvm_touch
+
+if TYPE_CHECKING:
+    from exitsim.kern.kernel import Kernel
+    from exitsim.kern.proc import Proc
+
+#: libc's resident pages (assumption: a 1 MiB libc, the part a small program touches).
+LIBC_PAGES = 250
+TEXT_VPN = 0x400
+#: The run size a partial text is touched in (256 KiB; a program's text object is a
+#: whole number of these when its processes touch different amounts of it).
+TEXT_CHUNK = 64
+LIBC_VPN = 0x80000
+DATA_VPN = 0x10000
+HEAP_VPN = 0x20000
+SHM_VPN = 0x40000000
+STACK_VPN = 0x7F000000
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """What one program does between exec and exit."""
+
+    name: str
+    text_pages: int
+    heap_pages: int
+    user_ns: int
+    locked_calls: int
+    unlocked_calls: int
+    stack_pages: int = 16
+
+    def image(self) -> Image:
+        return Image(
+            self.name,
+            (
+                Segment("text", TEXT_VPN, self.text_pages, f"/usr/bin/{self.name}", False),
+                Segment("data", DATA_VPN, 8),
+                Segment("heap", HEAP_VPN, self.heap_pages),
+                Segment("libc", LIBC_VPN, LIBC_PAGES, "/usr/lib/libc.so", False),
+                Segment("stack", STACK_VPN, self.stack_pages),
+            ),
+        )
+
+
+def fault_in(k: Kernel, p: Proc, prog: Program, text: int | None = None) -> KPath:
+    """The first touches after exec: text (all of it, or its first ``text`` pages) and
+    libc read, data, heap and stack written. A partial text is touched in
+    TEXT_CHUNK-page runs, so that processes touching different amounts of one shared
+    text object still agree on its page runs in range granularity."""
+    vm = p.p_vmspace
+    assert vm is not None
+    if text is None:
+        yield from uvm_touch(k.uvm, p, vm, TEXT_VPN, prog.text_pages)
+    else:
+        for off in range(0, text, TEXT_CHUNK):
+            n = min(TEXT_CHUNK, prog.text_pages - off)
+            yield from uvm_touch(k.uvm, p, vm, TEXT_VPN + off, n)
+    yield from uvm_touch(k.uvm, p, vm, LIBC_VPN, LIBC_PAGES)
+    yield from uvm_touch(k.uvm, p, vm, DATA_VPN, 8, write=True)
+    yield from uvm_touch(k.uvm, p, vm, HEAP_VPN, prog.heap_pages, write=True)
+    yield from uvm_touch(k.uvm, p, vm, STACK_VPN, prog.stack_pages, write=True)
+
+
+def compute(k: Kernel, p: Proc, user_ns: int, locked: int, unlocked: int) -> KPath:
+    """``user_ns`` of user time cut by ``locked + unlocked`` system calls, the locked
+    ones (``open``) spread evenly among the unlocked ones (``read``). Each return to
+    user space passes ``userret``, where a thread of an exiting process is made to exit."""
+    calls = locked + unlocked
+    chunk = user_ns // (calls + 1)
+    left = user_ns
+    for i in range(calls):
+        yield user(chunk)
+        left -= chunk
+        is_locked = (i * locked) // calls != ((i + 1) * locked) // calls
+        yield from syscall(k, p, "open" if is_locked else "read")
+        yield from userret(k, p)
+    yield user(max(left, 1))
+    yield from userret(k, p)
+
+
+def run_program(k: Kernel, p: Proc, prog: Program) -> KPath:
+    """After exec: fault the image in, then compute with system calls in between."""
+    yield from fault_in(k, p, prog)
+    yield from compute(k, p, prog.user_ns, prog.locked_calls, prog.unlocked_calls)
+
+
+def exec_and_run(k: Kernel, p: Proc, prog: Program) -> KPath:
+    yield from sys_execve(k, p, prog.image())
+    yield from run_program(k, p, prog)
