@@ -342,6 +342,44 @@ def test_sys_run_is_not_preempted_at_quantum_end() -> None:
     assert eng.cpus[0].switches == 2
 
 
+def sleeper(me: Thread, chan: str, work: int) -> Body:
+    yield Sleep(chan)
+    yield Run(work, SYS)
+
+
+def test_a_thread_woken_from_sleep_cuts_a_user_run_at_once() -> None:
+    """setrunqueue -> need_resched: a thread woken in the kernel has a sleep priority
+    better than any user priority, so the user run on its CPU is cut when the AST IPI
+    arrives, not at the end of the quantum. The cut run is finished later, whole."""
+    eng = Engine(EngineConfig(ncpu=1, quantum_ns=1_000_000, ctxsw_ns=0, ipi_latency_ns=7))
+    k = spawn(eng, "k", sleeper, "chan", 50)
+    u = spawn(eng, "u", long_run, 10_000, USER)
+    eng.call_at(100, eng.wakeup, "chan")
+    run_to_end(eng)
+    assert k.exit_ns == 100 + 7 + 50
+    assert u.exit_ns == 10_000 + 50
+    assert u.user_ns == 10_000
+    assert eng.cpus[0].times()["user_ns"] == 10_000
+
+
+def test_a_woken_thread_waits_for_kernel_code_to_yield() -> None:
+    """The kernel is not preemptive: a woken thread waits for the sys run to end and
+    then gets the CPU at the next Yield, without waiting for the quantum."""
+    eng = Engine(EngineConfig(ncpu=1, quantum_ns=1_000_000, ctxsw_ns=0))
+
+    def kernel_work(me: Thread) -> Body:
+        yield Run(1_000, SYS)
+        yield YIELD
+        yield Run(1_000, SYS)
+
+    k = spawn(eng, "k", sleeper, "chan", 50)
+    w = spawn(eng, "w", kernel_work)
+    eng.call_at(100, eng.wakeup, "chan")
+    run_to_end(eng)
+    assert k.exit_ns == 1_000 + 50
+    assert w.exit_ns == 2_000 + 50
+
+
 def test_yield_switches_only_once_the_quantum_is_over() -> None:
     """yield/sched_pause gives the CPU to a waiting thread only after the quantum."""
     eng = Engine(EngineConfig(ncpu=1, quantum_ns=100))

@@ -136,6 +136,7 @@ class Cpu:
         "intr_until",
         "spinning_on",
         "switches",
+        "in_user",
     )
 
     def __init__(self, index: int) -> None:
@@ -160,6 +161,8 @@ class Cpu:
         self.intr_until = 0
         self.spinning_on: Lock | None = None
         self.switches = 0
+        # The pending continuation ends a user run (so need_resched can cut it).
+        self.in_user = False
 
     def __repr__(self) -> str:
         return f"<Cpu {self.index} {self.thread!r}>"
@@ -249,8 +252,12 @@ class Engine:
         """Run ``fn(*args)`` at simulated time ``at`` (a timer, not a thread)."""
         self._push(max(at, self.now), K_CALL, fn, args)
 
-    def make_runnable(self, t: Thread) -> None:
-        """Put ``t`` on a run queue: an idle CPU's if there is one (its last CPU first)."""
+    def make_runnable(self, t: Thread, resched: bool = False) -> None:
+        """Put ``t`` on a run queue: an idle CPU's if there is one (its last CPU first).
+
+        ``resched``: ``t`` wakes from a sleep in the kernel, so it runs at its sleep
+        priority, better than any user priority; a CPU running user code is told to
+        switch (``setrunqueue`` -> ``need_resched``, kern_sched.c)."""
         t.state = RUNNABLE
         cpus = self.cpus
         idle = [c for c in cpus if c.thread is None and not c.dispatch_pending]
@@ -271,6 +278,30 @@ class Engine:
                 if len(x.runq) < len(c.runq):
                     c = x
             c.runq.append(t)
+            if resched and self.step_each_op is False:
+                self._need_resched(c)
+
+    def _need_resched(self, c: Cpu) -> None:
+        """``need_resched(ci)``: ``c`` switches at its next chance: a user run is cut
+        when the AST IPI arrives; kernel code goes on to its next ``Yield`` or return
+        to user space (OpenBSD's kernel is not preemptive)."""
+        now = self.now
+        if c.quantum_end > now:
+            c.quantum_end = now
+        t = c.thread
+        if not c.in_user or c.cont_at is None or t is None:
+            return
+        at = now + self.config.ipi_latency_ns
+        if at < c.intr_until:
+            at = c.intr_until
+        left = c.cont_at - at
+        if left <= 0:
+            return
+        c.acct[M_USER] -= left
+        t.user_ns -= left
+        t.run_left += left
+        c.slow = True
+        self._push_cont(c, at)
 
     def wakeup(self, chan: object) -> int:
         """wakeup(9): sleepers on ``chan`` become runnable and spin-waiters on it go on.
@@ -286,7 +317,7 @@ class Engine:
         if sleepers:
             for t in sleepers:
                 t.wchan = None
-                self.make_runnable(t)
+                self.make_runnable(t, resched=True)
             n += len(sleepers)
         return n
 
@@ -399,6 +430,7 @@ class Engine:
     def _push_cont(self, c: Cpu, at: int) -> None:
         if at < c.intr_until:
             at = c.intr_until
+        c.in_user = False
         c.token += 1
         c.cont_at = at
         self.seq += 1
@@ -532,9 +564,11 @@ class Engine:
                                 return
                             c.acct[0] += ns  # M_USER
                             t.user_ns += ns
+                            c.in_user = True
                         else:
                             c.acct[1] += ns  # M_SYS
                             t.sys_ns += ns
+                            c.in_user = False
                         tok = c.token + 1
                         c.token = tok
                         c.cont_at = end
@@ -598,9 +632,11 @@ class Engine:
                 c.slow = True
             c.acct[M_USER] += end - now
             t.user_ns += end - now
-        else:
-            c.acct[M_SYS] += ns
-            t.sys_ns += ns
+            self._push_cont(c, end)
+            c.in_user = True
+            return False
+        c.acct[M_SYS] += ns
+        t.sys_ns += ns
         self._push_cont(c, end)
         return False
 
@@ -665,11 +701,12 @@ class Engine:
                 at = self.now if self.now >= c.intr_until else c.intr_until
                 c.token += 1
                 c.cont_at = at
+                c.in_user = False
                 self.seq += 1
                 heapq.heappush(self.heap, (at, self.seq, K_CONT, c.index, c.token))
             else:
                 w.wchan = None
-                self.make_runnable(w)
+                self.make_runnable(w, resched=True)
 
     def _check_may_sleep(self, t: Thread, interlock: Lock | None, what: str) -> None:
         if t.nosleep:
@@ -735,7 +772,9 @@ class Engine:
         if c.idle_since >= 0:
             c.idle_since += h
         if c.cont_at is not None:
+            in_user = c.in_user
             self._push_cont(c, c.cont_at + h)
+            c.in_user = in_user
         self._push(end, K_INTR_DONE, c.index, payload)
 
     def _on_intr_done(self, c: Cpu, payload: tuple[int, Ipi]) -> None:

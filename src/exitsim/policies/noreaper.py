@@ -16,10 +16,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exitsim.engine.ops import Run
 from exitsim.engine.sync import KERNEL_LOCK, mp_release_all, tsleep
 from exitsim.engine.thread import DEAD, KPath
-from exitsim.kern.exit import make_zombie, parent_chan, uvm_purge_checked
+from exitsim.kern.exit import (
+    make_zombie,
+    parent_chan,
+    proc_free,
+    uvm_purge_checked,
+    uvm_uarea_free,
+)
 from exitsim.kern.proc import P_THREAD, PS_NOZOMBIE
 from exitsim.policies.base import Policy
 from exitsim.vm.vmspace import uvm_exit
@@ -68,6 +73,8 @@ class NoReaper(Policy):
                 continue  # still on its way off the CPU; see E6
             pr.dead_threads.remove(t)
             k.meters.unfreed_threads.add(k.now, -1)
-            yield Run(k.costs.uarea_ns + (k.costs.proc_ns if t.p_flag & P_THREAD else 0))
+            yield from uvm_uarea_free(k, t)
+            if t.p_flag & P_THREAD:
+                yield from proc_free(k, t)
         if pr.ps_vmspace is not None:
             yield from uvm_exit(k.uvm, q, pr)
