@@ -3,6 +3,7 @@ for every (arch, CPUs) cell. Formats results; computes only ratios."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rich.table import Table
@@ -20,6 +21,20 @@ METRICS: tuple[tuple[str, tuple[str, ...], float], ...] = (
     ("tlbi/ipi", ("_tlb_msgs",), 1.0),
     ("held MiB*s", ("memory", "held_after_exit_integral_byte_ns"), 1048576 * 1e9),
 )
+
+#: What each metric means, by column title (the HTML report shows it on hover).
+METRIC_HELP: dict[str, str] = {
+    "wall ms": "simulated time until the last event (makespan)",
+    "%sys": "sys + spin time as a share of all CPU time",
+    "sys/proc us": "mean sys time charged to an exited process (what wait4 reports)",
+    "exit p50 us": "median time from exit1 entry to the parent's wait4 return",
+    "exit p99 us": "99th percentile of the same exit latency",
+    "reaper ms": "user + sys time of the reaper thread",
+    "backlog": "most threads waiting on deadproc for the reaper at once",
+    "klock wait ms": "time spent waiting for the kernel lock, summed over CPUs",
+    "tlbi/ipi": "broadcast TLB invalidations + shootdown IPIs issued",
+    "held MiB*s": "memory still mapped by exited processes, integrated over time",
+}
 
 
 def metric(r: dict[str, Any], path: tuple[str, ...]) -> float:
@@ -43,31 +58,56 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}"
 
 
-def compare_tables(results: list[dict[str, Any]], baseline: str) -> list[Table]:
-    """One table per (arch, CPUs), designs as rows, in the order given."""
-    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One (arch, CPUs) cell of a comparison: a row per design, each metric as its
+    formatted value and its ratio to the baseline ("" for the baseline itself or when
+    the cell has no baseline, "-" when the baseline's value is 0)."""
+
+    arch: str
+    cpus: int
+    workload: str
+    baseline: str
+    rows: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+
+    @property
+    def title(self) -> str:
+        return f"{self.arch}, {self.cpus} CPUs, workload {self.workload} (ratio to {self.baseline})"
+
+
+def compare_cells(results: list[dict[str, Any]], baseline: str) -> list[Cell]:
+    """One cell per (arch, CPUs) in the order first seen, designs in the order given."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in results:
         cfg = r["config"]
-        cells.setdefault((cfg["arch"], cfg["cpus"]), []).append(r)
-    tables = []
-    for (arch, cpus), rs in cells.items():
+        groups.setdefault((cfg["arch"], cfg["cpus"]), []).append(r)
+    cells = []
+    for (arch, cpus), rs in groups.items():
         base = next((r for r in rs if r["config"]["policy"] == baseline), None)
-        t = Table(
-            title=f"{arch}, {cpus} CPUs, workload {rs[0]['config']['workload']} "
-            f"(ratio to {baseline})"
-        )
+        rows = []
+        for r in rs:
+            values = []
+            for _, path, div in METRICS:
+                v = metric(r, path) / div
+                ratio = ""
+                if base is not None and r is not base:
+                    b = metric(base, path) / div
+                    ratio = f"{v / b:.2f}" if b else "-"
+                values.append((_fmt(v), ratio))
+            rows.append((r["config"]["policy"], tuple(values)))
+        cells.append(Cell(arch, cpus, rs[0]["config"]["workload"], baseline, tuple(rows)))
+    return cells
+
+
+def compare_tables(results: list[dict[str, Any]], baseline: str) -> list[Table]:
+    """One table per (arch, CPUs), designs as rows, in the order given."""
+    tables = []
+    for cell in compare_cells(results, baseline):
+        t = Table(title=cell.title)
         t.add_column("design")
         for title, _, _ in METRICS:
             t.add_column(title, justify="right")
-        for r in rs:
-            row = [r["config"]["policy"]]
-            for _, path, div in METRICS:
-                v = metric(r, path) / div
-                cell = _fmt(v)
-                if base is not None and r is not base:
-                    b = metric(base, path) / div
-                    cell += f" ({v / b:.2f})" if b else " (-)"
-                row.append(cell)
-            t.add_row(*row)
+        for design, values in cell.rows:
+            t.add_row(design, *(f"{v} ({q})" if q else v for v, q in values))
         tables.append(t)
     return tables

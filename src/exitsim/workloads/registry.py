@@ -14,8 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from exitsim.workloads.bigexit import BigexitParams, start_bigexit
 from exitsim.workloads.build import BuildParams, start_build
+from exitsim.workloads.configure import ConfigureParams, start_configure
+from exitsim.workloads.forkstorm import ForkstormParams, start_forkstorm
+from exitsim.workloads.shm import ShmParams, start_shm
 from exitsim.workloads.spec import TREE, validation_message
+from exitsim.workloads.threads import ThreadsParams, start_threads
 from exitsim.workloads.tree import start_tree
 
 if TYPE_CHECKING:
@@ -38,6 +43,31 @@ class Generator:
 WORKLOADS: dict[str, Generator] = {
     "build": Generator(
         "make -jN of compile jobs: sh -> cc -> cc1, as (the default)", BuildParams, start_build
+    ),
+    "forkstorm": Generator(
+        "fork+exit and fork+exec+exit loops on every CPU (lmbench lat_proc)",
+        ForkstormParams,
+        start_forkstorm,
+    ),
+    "bigexit": Generator(
+        "one process with gigabytes resident exits while workers run short jobs",
+        BigexitParams,
+        start_bigexit,
+    ),
+    "threads": Generator(
+        "multi-threaded servers exiting, and a process whose threads come and go",
+        ThreadsParams,
+        start_threads,
+    ),
+    "shm": Generator(
+        "families sharing SysV segments, exiting in orders that move the last detach",
+        ShmParams,
+        start_shm,
+    ),
+    "configure": Generator(
+        "a configure script: a shell running short programs one at a time",
+        ConfigureParams,
+        start_configure,
     ),
 }
 

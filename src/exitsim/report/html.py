@@ -1,0 +1,411 @@
+"""The HTML report of a result file: one self-contained page (the plots as inline SVG,
+CSS inline, no scripts, nothing fetched) with what was run, the comparison, CPU time,
+locks, TLB work and the config. The same results give the same page."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from html import escape
+from typing import Any
+
+from exitsim.report.compare import METRIC_HELP, METRICS, compare_cells
+from exitsim.report.plots import render
+from exitsim.report.table import cpu_rows, lock_rows, params_text, tlb_rows, workload_text
+
+_CSS = """
+:root { color-scheme: light; --ink: #1d232a; --muted: #5b6570; --rule: #d8dde3;
+  --band: #f4f6f8; --accent: #1f5f99; }
+* { box-sizing: border-box; }
+body { margin: 0 auto; max-width: 1400px; padding: 1.5rem 1.5rem 3rem; color: var(--ink);
+  background: #fff; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto,
+  "Helvetica Neue", Arial, sans-serif; }
+h1 { font-size: 1.6rem; margin: 0 0 .4rem; }
+h2 { font-size: 1.25rem; margin: 2.2rem 0 .6rem; padding-bottom: .2rem;
+  border-bottom: 2px solid var(--rule); }
+h3 { font-size: 1rem; margin: 1.2rem 0 .4rem; }
+p { margin: .4rem 0; max-width: 80ch; }
+code { font: .9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+  background: var(--band); padding: .1em .3em; border-radius: 3px; }
+pre.cmd { background: var(--band); padding: .6rem .8rem; border-radius: 4px;
+  overflow-x: auto; white-space: pre-wrap; word-break: break-all; }
+pre.cmd code { background: none; padding: 0; }
+nav { margin: 1rem 0; padding: .5rem 0; border-top: 1px solid var(--rule);
+  border-bottom: 1px solid var(--rule); }
+nav a { margin-right: 1.2rem; color: var(--accent); text-decoration: none; }
+nav a:hover { text-decoration: underline; }
+.note { color: var(--muted); font-size: .92rem; }
+.warn { color: #8a3b00; }
+figure { margin: .5rem 0; }
+figure svg { display: block; width: 100%; height: auto; }
+dl.panels { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1rem;
+  margin: .8rem 0; }
+dl.panels dt { font-weight: 600; }
+dl.panels dd { margin: 0; color: var(--muted); }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: .3rem 0 1.2rem; font-size: .85rem;
+  font-variant-numeric: tabular-nums; }
+caption { text-align: left; font-weight: 600; padding: .2rem 0 .4rem; }
+th, td { padding: .25rem .45rem; border-bottom: 1px solid var(--rule); text-align: right;
+  white-space: nowrap; }
+th { background: var(--band); font-weight: 600; vertical-align: bottom; }
+th[title] { cursor: help; text-decoration: underline dotted var(--muted); }
+th.name, td.name { text-align: left; }
+tbody tr:nth-child(even) td { background: #fafbfc; }
+tr.total td { font-weight: 600; border-top: 2px solid var(--rule); }
+td .ratio { color: var(--muted); font-size: .85em; margin-left: .25em; }
+details { margin: .4rem 0; border: 1px solid var(--rule); border-radius: 4px;
+  padding: .3rem .8rem; }
+details[open] { padding-bottom: .6rem; }
+summary { cursor: pointer; font-weight: 600; }
+footer { margin-top: 3rem; color: var(--muted); font-size: .85rem; }
+@media print { nav { display: none; } details { border: none; } }
+"""
+
+#: What each panel of the figure answers, by panel title (after the arch and CPUs).
+_PANELS: dict[str, str] = {
+    "wall time vs CPUs": "Does the design finish the workload sooner, and does that hold "
+    "as CPUs are added? Wall time (makespan) per design against the CPU count, per arch.",
+    "sys time charged per process": "Who pays for the teardown? The sys time each exited "
+    "process is charged (what wait4 and time(1) report), one point per process, with "
+    "its quartiles as a box. A design that tears down in exit1 charges the exiting "
+    "process; the reaper design charges the reaper instead.",
+    "lock wait by lock": "Which locks does the design make CPUs wait for, and for how "
+    "long? Wait time summed over CPUs, by lock (per-object locks summed by family).",
+    "memory held after exit": "How much memory do processes that have entered exit1 "
+    "still have mapped, and for how long, before teardown unmaps it? The legend gives "
+    "the peak and the time integral, as exits are short next to a whole run.",
+    "reaper backlog and zombies": "Does the reaper keep up? Threads waiting on deadproc "
+    "for the reaper, and zombies not yet waited for, over time.",
+}
+
+#: The panels of each figure, and a note on how they are laid out.
+_FIGURES: dict[bool, tuple[tuple[str, ...], str]] = {
+    False: (
+        (
+            "wall time vs CPUs",
+            "sys time charged per process",
+            "lock wait by lock",
+            "memory held after exit",
+        ),
+        "A column per arch; below the first row, each panel is at the arch's largest CPU "
+        "count. Colours are designs, the same in every panel.",
+    ),
+    True: (
+        (
+            "sys time charged per process",
+            "lock wait by lock",
+            "memory held after exit",
+            "reaper backlog and zombies",
+        ),
+        "Sys time is grouped by command, the most sys time in all first.",
+    ),
+}
+
+
+def _e(v: Any) -> str:
+    return escape(str(v), quote=True)
+
+
+class _Raw(str):
+    """Cell text that is already HTML."""
+
+
+def _table(
+    cols: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    caption: str = "",
+    names: int = 1,
+    tips: dict[str, str] | None = None,
+    total_last: bool = False,
+) -> str:
+    """An HTML table of text cells; the first ``names`` columns are names (left), the
+    rest numbers (right). Cells are escaped here, except ``_Raw`` ones."""
+    out = ['<div class="scroll"><table>']
+    if caption:
+        out.append(f"<caption>{_e(caption)}</caption>")
+    out.append("<thead><tr>")
+    for i, c in enumerate(cols):
+        cls = ' class="name"' if i < names else ""
+        tip = f' title="{_e(tips[c])}"' if tips and c in tips else ""
+        out.append(f"<th{cls}{tip}>{_e(c)}</th>")
+    out.append("</tr></thead><tbody>")
+    body = list(rows)
+    for n, row in enumerate(body):
+        total = total_last and n == len(body) - 1
+        out.append('<tr class="total">' if total else "<tr>")
+        for i, cell in enumerate(row):
+            text = cell if isinstance(cell, _Raw) else _e(cell)
+            out.append(f'<td class="name">{text}</td>' if i < names else f"<td>{text}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _rows_table(
+    rows: tuple[str, list[str], list[list[str]]], total_last: bool = False, caption: bool = True
+) -> str:
+    """A table of table.py's rows, its title as the caption (unless a heading above
+    already says it)."""
+    title, cols, body = rows
+    return _table(cols, body, caption=title if caption else "", total_last=total_last)
+
+
+#: A section of the page: its anchor, its heading, its HTML.
+_Section = tuple[str, str, str]
+
+
+def _section(ident: str, title: str, *parts: str) -> _Section:
+    return ident, title, "".join(parts)
+
+
+def _svg(results: dict[str, Any] | list[dict[str, Any]], label: str) -> str:
+    """The figure as inline SVG: from the <svg> element on (no XML prolog or doctype,
+    which HTML does not take), without its metadata block."""
+    svg = render(results, "svg").decode("utf-8")
+    svg = svg[svg.index("<svg") :]
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.DOTALL)
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{_e(label)}" ', 1)
+
+
+def _ids(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [(r["config"]["arch"], str(r["config"]["cpus"]), r["config"]["policy"]) for r in results]
+
+
+def _distinct(results: list[dict[str, Any]], key: str) -> list[Any]:
+    return list(dict.fromkeys(r["config"].get(key) for r in results))
+
+
+def _words(items: Sequence[Any]) -> str:
+    s = [str(i) for i in items]
+    return s[0] if len(s) == 1 else ", ".join(s[:-1]) + " and " + s[-1]
+
+
+def _command(results: list[dict[str, Any]], single: bool) -> str | None:
+    """The command line that makes these results again, or None when a result came
+    from a workload file (its path is not in the result)."""
+    cfg = results[0]["config"]
+    if any(r["config"]["workload"] == "tree" for r in results):
+        return None
+    if len({(r["config"]["workload"], r["config"]["seed"]) for r in results}) > 1:
+        return None
+    args = ["exitsim"]
+    if single:
+        args += ["run", "--policy", cfg["policy"], "--arch", cfg["arch"]]
+        args += ["--cpus", str(cfg["cpus"])]
+        if cfg.get("policy_file"):
+            args[2:4] = ["--policy-file", cfg["policy_file"]]
+    else:
+        named = [r["config"]["policy"] for r in results if not r["config"].get("policy_file")]
+        files = _distinct([r for r in results if r["config"].get("policy_file")], "policy_file")
+        args += ["compare", "--policies", ",".join(dict.fromkeys(named))]
+        args += ["--arches", ",".join(_distinct(results, "arch"))]
+        args += ["--cpus", ",".join(str(n) for n in _distinct(results, "cpus"))]
+        for f in files:
+            args += ["--policy-file", f]
+    if cfg["workload"] != "build":
+        args += ["--workload", cfg["workload"]]
+    for k, v in sorted((cfg.get("workload_params") or {}).items()):
+        args += ["--param", f"{k}={v}"]
+    args += ["--seed", str(cfg["seed"]), "--granularity", cfg["granularity"]]
+    if cfg.get("debug"):
+        args.append("--debug-checks")
+    return " ".join(_shell_word(a) for a in args)
+
+
+def _shell_word(a: str) -> str:
+    return a if re.fullmatch(r"[A-Za-z0-9_+,=./:-]+", a) else "'" + a.replace("'", "'\\''") + "'"
+
+
+def _header(results: list[dict[str, Any]], single: bool, source: str) -> tuple[str, str]:
+    """The page's title, and its header: what was run, how to run it again, and any
+    invariant a design breaks by construction."""
+    cfg = results[0]["config"]
+    common = f"workload {workload_text(cfg)}, seed {cfg['seed']}, granularity {cfg['granularity']}"
+    if len({workload_text(r["config"]) for r in results}) > 1:
+        common = "workloads " + _words([workload_text(r["config"]) for r in results])
+    if single:
+        r = results[0]
+        title = f"exitsim run: {cfg['policy']} on {cfg['arch']}, {cfg['cpus']} CPUs"
+        what = (
+            f"One run of the design <b>{_e(cfg['policy'])}</b> on {_e(cfg['arch'])} with "
+            f"{cfg['cpus']} CPUs, {_e(common)}: wall time "
+            f"{r['makespan_ns'] / 1e6:,.1f} ms, {r['processes']['count']} processes exited."
+        )
+    else:
+        designs = _distinct(results, "policy")
+        arches = _distinct(results, "arch")
+        cpus = sorted(_distinct(results, "cpus"))
+        title = f"exitsim compare: {', '.join(designs)} on {', '.join(arches)}"
+        what = (
+            f"A comparison of {len(designs)} design{'s' if len(designs) > 1 else ''} "
+            f"({_e(_words(designs))}; the baseline for ratios is <b>{_e(designs[0])}</b>) "
+            f"on {_e(_words(arches))} at {_e(_words(cpus))} CPUs, {_e(common)}: "
+            f"{len(results)} runs."
+        )
+    parts = [f"<header><h1>{_e(title)}</h1><p>{what}</p>"]
+    cmd = _command(results, single)
+    if cmd:
+        parts.append(
+            f'<p class="note">Run again with:</p><pre class="cmd"><code>{_e(cmd)}</code></pre>'
+        )
+    broken = [
+        f"{r['config']['policy']} ({r['config']['arch']}, {r['config']['cpus']} CPUs): "
+        + ", ".join(f"invariant {i} x{n}" for i, n in r["known_violations"].items())
+        for r in results
+        if r.get("known_violations")
+    ]
+    if broken:
+        parts.append(
+            '<p class="warn">Invariants these designs break by construction (counted, not '
+            f"stopped): {_e('; '.join(broken))}.</p>"
+        )
+    parts.append(f'<p class="note">From {_e(source)}, result schema {results[0]["schema"]}.</p>')
+    parts.append("</header>")
+    return title, "".join(parts)
+
+
+def _plots(results: dict[str, Any] | list[dict[str, Any]], single: bool) -> _Section:
+    names, note = _FIGURES[single]
+    panels = "".join(f"<dt>{_e(n)}</dt><dd>{_e(_PANELS[n])}</dd>" for n in names)
+    return _section(
+        "plots",
+        "Plots",
+        f"<figure>{_svg(results, 'panels: ' + ', '.join(names))}<figcaption>"
+        f'<p class="note">{_e(note)}</p>'
+        f'<dl class="panels">{panels}</dl></figcaption></figure>',
+    )
+
+
+def _comparison(results: list[dict[str, Any]]) -> _Section:
+    baseline = results[0]["config"]["policy"]
+    cols = ["design", *(m[0] for m in METRICS)]
+    tables = []
+    for cell in compare_cells(results, baseline):
+        rows = []
+        for design, values in cell.rows:
+            row: list[str] = [design]
+            for v, q in values:
+                row.append(_Raw(f'{_e(v)}<span class="ratio">({_e(q)})</span>' if q else _e(v)))
+            rows.append(row)
+        tables.append(_table(cols, rows, caption=cell.title, tips=METRIC_HELP))
+    note = (
+        '<p class="note">Each metric per design; in brackets its ratio to the baseline '
+        "design of the same arch and CPU count. Hover over a heading for its meaning.</p>"
+    )
+    return _section("comparison", "Comparison", note, *tables)
+
+
+def _cpu_totals(results: list[dict[str, Any]]) -> str:
+    """A row per run: its arch, CPUs and design, then the "all CPUs" row of its CPU
+    table."""
+    cols = cpu_rows(results[0])[1][1:]
+    body = [
+        [*ident, *cpu_rows(r)[2][-1][1:]] for ident, r in zip(_ids(results), results, strict=True)
+    ]
+    return _table(["arch", "CPUs", "design", *cols], body, caption="CPU time, all CPUs", names=3)
+
+
+def _tlb_totals(results: list[dict[str, Any]]) -> str:
+    """A row per run: its arch, CPUs and design, then its TLB work."""
+    cols = tlb_rows(results[0])[1]
+    body = [[*ident, *tlb_rows(r)[2][0]] for ident, r in zip(_ids(results), results, strict=True)]
+    return _table(["arch", "CPUs", "design", *cols], body, names=3)
+
+
+def _lock_waits(results: list[dict[str, Any]]) -> str:
+    """Wait per lock, a row per run; locks nobody waited for are named, not shown."""
+    names = sorted({n for r in results for n in r["locks"]})
+    waited = [n for n in names if any(r["locks"].get(n, {}).get("wait_ns") for r in results)]
+    body = [
+        [*ident, *(f"{r['locks'].get(n, {}).get('wait_ns', 0) / 1000:,.1f}" for n in waited)]
+        for ident, r in zip(_ids(results), results, strict=True)
+    ]
+    idle = [n for n in names if n not in waited]
+    note = f'<p class="note">Never waited for: {_e(", ".join(idle))}.</p>' if idle else ""
+    table = _table(
+        ["arch", "CPUs", "design", *waited],
+        body,
+        caption="Lock wait (us, summed over CPUs)",
+        names=3,
+    )
+    return table + note
+
+
+def _kv(r: dict[str, Any], caption: str = "Processes, memory, reaper") -> str:
+    """Processes, memory, reaper, zombies and threads as name/value rows."""
+    rows = []
+    for group in ("processes", "memory", "reaper", "zombies", "threads"):
+        for k, v in (r.get(group) or {}).items():
+            rows.append([f"{group}.{k}", f"{v:,}" if isinstance(v, int) else str(v)])
+    return _table(["field", "value"], rows, caption=caption)
+
+
+def _details(r: dict[str, Any]) -> str:
+    """Everything ``exitsim run`` prints about one run, and its counters."""
+    return (
+        _rows_table(cpu_rows(r), total_last=True)
+        + _rows_table(lock_rows(r))
+        + _rows_table(tlb_rows(r))
+        + _kv(r)
+    )
+
+
+def _config(results: list[dict[str, Any]]) -> _Section:
+    """Each config key with its value, or its values in run order where runs differ."""
+    keys = list(dict.fromkeys(k for r in results for k in r["config"]))
+    rows = []
+    for k in keys:
+        if k == "workload_params":
+            vals = list(dict.fromkeys(params_text(r["config"]) for r in results))
+        else:
+            vals = list(dict.fromkeys(_value(r["config"].get(k)) for r in results))
+        rows.append([k, "; ".join(vals)])
+    return _section("config", "Config", _table(["key", "value"], rows, names=2))
+
+
+def _value(v: Any) -> str:
+    """A config value as the result file spells it (JSON), strings bare."""
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+
+
+def report_html(results: dict[str, Any] | list[dict[str, Any]], source: str) -> str:
+    """The page for one Result (``run -o``) or a list of them (``compare -o``);
+    ``source`` names the file in the page."""
+    single = isinstance(results, dict)
+    rs: list[dict[str, Any]] = [results] if isinstance(results, dict) else results
+    title, header = _header(rs, single, source)
+    sections = [_plots(results, single), _comparison(rs)]
+    if single:
+        r = rs[0]
+        sections.append(_section("cpus", "CPUs", _rows_table(cpu_rows(r), total_last=True)))
+        sections.append(_section("locks", "Locks", _rows_table(lock_rows(r), caption=False)))
+        sections.append(_section("tlb", "TLB work", _rows_table(tlb_rows(r), caption=False)))
+        sections.append(_section("processes", "Processes, memory, reaper", _kv(r, "")))
+    else:
+        sections.append(_section("cpus", "CPUs", _cpu_totals(rs)))
+        sections.append(_section("locks", "Locks", _lock_waits(rs)))
+        sections.append(_section("tlb", "TLB work", _tlb_totals(rs)))
+        runs = "".join(
+            f"<details><summary>{_e(f'{a}, {n} CPUs, {d}')}</summary>{_details(r)}</details>"
+            for (a, n, d), r in zip(_ids(rs), rs, strict=True)
+        )
+        note = '<p class="note">Per CPU, every lock, TLB work and the counters, per run.</p>'
+        sections.append(_section("runs", "Runs in detail", note, runs))
+    sections.append(_config(rs))
+    nav = "".join(f'<a href="#{ident}">{_e(title)}</a>' for ident, title, _ in sections)
+    body = "\n".join(
+        f'<section id="{ident}"><h2>{_e(title)}</h2>{html}</section>'
+        for ident, title, html in sections
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"{header}\n<nav>{nav}</nav>\n<main>\n"
+        + body
+        + f"\n</main>\n<footer>Made by exitsim report from {_e(source)}.</footer>\n"
+        "</body>\n</html>\n"
+    )

@@ -1,0 +1,50 @@
+"""Reading a trace file line by line, with one rule for lines that cannot be parsed.
+
+Strict (the default): the first bad line stops the import with ``FILE:LINE: what is
+wrong``, so a truncated or mixed-up capture is never half-imported without notice.
+Lenient: bad lines are skipped and counted, and the count is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class TraceError(ValueError):
+    """A trace that cannot be imported: one line, naming the file (and line)."""
+
+
+class LineError(Exception):
+    """Raised by a line parser: what is wrong with the line (without its place)."""
+
+
+class Lines:
+    """The numbered non-blank lines of one file; ``bad`` applies the strict or
+    lenient rule to a line a parser refused."""
+
+    def __init__(self, path: str | Path, lenient: bool) -> None:
+        self.path = str(path)
+        self.lenient = lenient
+        self.skipped = 0
+        try:
+            self.text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise TraceError(f"{path}: not UTF-8 text") from None
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        for n, line in enumerate(self.text.splitlines(), 1):
+            if line.strip():
+                yield n, line.rstrip()
+
+    def bad(self, lineno: int, why: str) -> None:
+        """Refuse line ``lineno``: stop (strict) or count it (lenient)."""
+        if not self.lenient:
+            raise TraceError(f"{self.path}:{lineno}: {why}")
+        self.skipped += 1
+
+    def fail(self, why: str) -> TraceError:
+        """An error about the file as a whole (no line to skip)."""
+        return TraceError(f"{self.path}: {why}")

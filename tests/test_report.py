@@ -1,0 +1,264 @@
+"""exitsim report: one self-contained HTML page from what run -o or compare -o wrote,
+with the plots, the tables and the config; bad input refused in one line, nothing
+written."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shlex
+from html import unescape
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exitsim.cli import main
+from exitsim.report.compare import METRIC_HELP, METRICS
+from tests.clikit import assert_usage_error
+
+SMALL = ["--param", "jobs=3", "--param", "cc1_user_ms=2"]
+# Elements HTML never closes.
+VOID = {"meta", "link", "br", "hr", "img", "input", "wbr", "col", "source", "area", "base"}
+
+
+def _quiet_main(argv: list[str]) -> int:
+    """``main`` with its stdout swallowed (for module-scoped fixtures, which cannot
+    use capsys)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main(argv)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A run result, a compare result, and the report of each, made by the commands."""
+    d = tmp_path_factory.mktemp("report")
+    run = ["run", "--policy", "reaper", "--arch", "arm64", "--cpus", "2", *SMALL]
+    assert _quiet_main([*run, "-o", str(d / "r.json")]) == 0
+    cmp = ["compare", "--policies", "reaper,purge+pmap_purge", "--cpus", "1,2", *SMALL]
+    assert _quiet_main([*cmp, "--workers", "1", "-o", str(d / "c.json")]) == 0
+    for name in ("r", "c"):
+        assert _quiet_main(["report", str(d / f"{name}.json"), "-o", str(d / f"{name}.html")]) == 0
+    return {
+        "run": d / "r.json",
+        "compare": d / "c.json",
+        "run.html": d / "r.html",
+        "compare.html": d / "c.html",
+    }
+
+
+class _Page(HTMLParser):
+    """Every tag and attribute of a page, and whether its elements nest properly."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.problems: list[str] = []
+        self.attrs: list[tuple[str, str, str]] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs += [(tag, k, v or "") for k, v in attrs]
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs += [(tag, k, v or "") for k, v in attrs]
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.problems.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+            return
+        self.stack.pop()
+
+
+def _parse(html: str) -> _Page:
+    page = _Page()
+    page.feed(html)
+    page.close()
+    return page
+
+
+def _cells(html: str) -> list[str]:
+    """The text of every table cell and heading, tags inside removed."""
+    return [
+        unescape(re.sub(r"<[^>]+>", "", c))
+        for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", html, re.DOTALL)
+    ]
+
+
+@pytest.mark.parametrize("name", ["run.html", "compare.html"])
+def test_the_page_is_self_contained_and_well_formed(name: str, files: dict[str, Path]) -> None:
+    html = files[name].read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    page = _parse(html)
+    assert page.problems == [] and page.stack == []
+    for tag in ("script", "link", "iframe", "object", "embed", "img"):
+        assert tag not in page.tags, tag
+    for tag, attr, value in page.attrs:
+        if attr == "src" or attr.endswith("href"):
+            assert value.startswith(("#", "data:")), (tag, attr, value)
+        if "://" in value:  # only the SVG namespace names, which are never fetched
+            assert attr.startswith("xmlns"), (tag, attr, value)
+        assert not attr.startswith("on"), (tag, attr)
+    assert "@import" not in html
+    assert re.findall(r"url\((?!#)", html) == []
+    # The plots are inline SVG, within the page's one figure.
+    assert page.tags.count("svg") == 1 and "figure" in page.tags
+    assert "<?xml" not in html and "<!DOCTYPE svg" not in html
+
+
+def test_a_compare_report_has_the_comparison_cpu_lock_tlb_and_config_tables(
+    files: dict[str, Path],
+) -> None:
+    results = json.loads(files["compare"].read_text())
+    html = files["compare.html"].read_text()
+    cells = _cells(html)
+    assert "<title>exitsim compare: reaper, purge+pmap_purge on arm64, amd64</title>" in html
+    for arch in ("arm64", "amd64"):
+        for n in (1, 2):
+            assert f"{arch}, {n} CPUs, workload build (ratio to reaper)" in html
+    for title, _, _ in METRICS:
+        assert f'title="{METRIC_HELP[title]}">{title}</th>' in html.replace("&#x27;", "'")
+    for section in ("Plots", "Comparison", "CPUs", "Locks", "TLB work", "Runs in detail"):
+        assert f"<h2>{section}</h2>" in html
+    for r in results:
+        # Each run's TLB work and kernel-lock acquisitions, as the terminal shows them.
+        assert str(r["tlb"]["page_invalidations"]) in cells
+        assert str(r["locks"]["kernel_lock"]["acquisitions"]) in cells
+        cfg = r["config"]
+        assert f"{cfg['arch']}, {cfg['cpus']} CPUs, {cfg['policy']}</summary>" in html
+    config = dict(re.findall(r'<tr><td class="name">([^<]*)</td><td class="name">([^<]*)<', html))
+    assert config["policy"] == "reaper; purge+pmap_purge"
+    assert config["arch"] == "arm64; amd64"
+    assert config["cpus"] == "1; 2"
+    assert config["seed"] == "0" and config["granularity"] == "range"
+    assert config["workload"] == "build"
+    assert config["workload_params"] == "cc1_user_ms=2, jobs=3"
+
+
+def test_a_run_report_has_per_cpu_lock_tlb_and_counter_tables(files: dict[str, Path]) -> None:
+    r = json.loads(files["run"].read_text())
+    html = files["run.html"].read_text()
+    cells = _cells(html)
+    assert "<title>exitsim run: reaper on arm64, 2 CPUs</title>" in html
+    for section in ("CPUs", "Locks", "TLB work", "Processes, memory, reaper", "Config"):
+        assert f"<h2>{section}</h2>" in html
+    assert {"0", "1", "all"} <= set(cells)
+    assert set(r["locks"]) <= set(cells)
+    for key, value in r["tlb"].items():
+        assert key.replace("_", " ") in cells
+        assert str(value) in cells
+    assert f"{r['processes']['count']:,}" in cells
+    assert "processes.charged_sys_ns_mean" in cells
+    assert f"{r['processes']['charged_sys_ns_mean']:,}" in cells
+
+
+def test_the_report_says_what_was_run_as_a_command_that_runs_it_again(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    html = files["run.html"].read_text()
+    cmd = unescape(re.search(r'<pre class="cmd"><code>(.*?)</code></pre>', html).group(1))
+    argv = shlex.split(cmd)
+    assert argv[0] == "exitsim"
+    assert main([*argv[1:], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(files["run"].read_text())
+
+
+def test_the_same_result_gives_the_same_page(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    again = tmp_path / "again.html"
+    assert main(["report", str(files["run"]), "-o", str(again)]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert again.read_bytes() == files["run.html"].read_bytes()
+
+
+def _bad_inputs(run: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """File name -> (its text, what the error must say)."""
+    schema2 = run | {"schema": 2}
+    no_locks = {k: v for k, v in run.items() if k != "locks"}
+    text_wall = run | {"makespan_ns": "1 ms"}
+    bad_sample = run | {"series": run["series"] | {"zombies": [[0]]}}
+    return {
+        "text.json": ("this is not JSON\n", "not JSON"),
+        "cut.json": (json.dumps(run)[:-40], "not JSON"),
+        "object.json": ('{"hello": 1}', "not from exitsim run or compare"),
+        "number.json": ("42", "not from exitsim run or compare"),
+        "empty.json": ("[]", "the list of results is empty"),
+        "schema2.json": (json.dumps(schema2), "schema 2"),
+        "nolocks.json": (json.dumps(no_locks), "locks"),
+        "textwall.json": (json.dumps(text_wall), "makespan_ns is not a JSON integer"),
+        "sample.json": (json.dumps(bad_sample), "series zombies"),
+        "mixed.json": (json.dumps([run, {"hello": 1}]), "result 1"),
+        "check.json": ('[{"scenario": "wait2", "violation": null}]', "result 0"),
+    }
+
+
+BAD = [
+    "text.json",
+    "cut.json",
+    "object.json",
+    "number.json",
+    "empty.json",
+    "schema2.json",
+    "nolocks.json",
+    "textwall.json",
+    "sample.json",
+    "mixed.json",
+    "check.json",
+]
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_input_is_one_line_naming_the_file_and_nothing_is_written(
+    name: str,
+    files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    text, needle = _bad_inputs(json.loads(files["run"].read_text()))[name]
+    src = tmp_path / name
+    src.write_text(text)
+    out = tmp_path / "out.html"
+    assert_usage_error(["report", str(src), "-o", str(out)], f"{src}: ", capsys)
+    main(["report", str(src), "-o", str(out)])
+    assert needle in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_an_existing_page_is_left_alone_on_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.html"
+    out.write_text("the old page\n")
+    assert_usage_error(
+        ["report", str(tmp_path / "missing.json"), "-o", str(out)], "missing", capsys
+    )
+    assert out.read_text() == "the old page\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.html"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["report", "/nonexistent/r.json", "-o", "{tmp}/x.html"], "/nonexistent/r.json: no such"),
+        (["report", "{tmp}", "-o", "{tmp}/x.html"], "is a directory"),
+        (["report", "{tmp}/r.json"], "-o/--output"),
+        (["report", "{tmp}/r.json", "-o", "/nonexistent/x.html"], "/nonexistent does not exist"),
+        (["report", "{tmp}/r.json", "-o", "{tmp}/r.json"], "is the result file itself"),
+    ],
+)
+def test_bad_usage_of_report_is_one_line_and_exit_status_2(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "r.json").write_text("{}")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert_usage_error(argv, needle, capsys)
+    assert (tmp_path / "r.json").read_text() == "{}"
+    assert not (tmp_path / "x.html").exists()
