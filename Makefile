@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint venv clean
+.PHONY: run test test-browser sysdeps bench lint venv clean
 
 venv: $(STAMP)
 
@@ -18,8 +18,28 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/exitsim compare
 
-test: $(STAMP)
+# Debian packages the tests drive: chromium (tests/browser/ opens traces in the Perfetto
+# UI) and strace (exitsim trace record). Installed only when the command is missing; CI
+# is root on a fresh Debian machine, anyone else goes through sudo.
+SYSDEPS := chromium strace
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+sysdeps:
+	@missing=""; \
+	for cmd in $(SYSDEPS); do command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+# The whole suite, the browser tests included (they take some 15 s).
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest
+
+# Only the tests that drive Chromium.
+test-browser: $(STAMP) sysdeps
+	$(BIN)/python -m pytest tests/browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py

@@ -14,6 +14,7 @@ from exitsim.check.scenarios import SCENARIOS, factory
 from exitsim.cli import main
 from exitsim.engine.explore import explore, parse_schedule, run_schedule
 from exitsim.policies.registry import get_policy, load_policy_file
+from exitsim.report.perfetto import TRACK_BASE, read_trace
 from tests.clikit import assert_usage_error
 
 MUTANTS = Path(__file__).parent / "mutants"
@@ -92,7 +93,7 @@ def test_the_search_prunes_revisited_states() -> None:
 def test_check_cli_reports_a_violation_with_a_replay_command(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    trace = tmp_path / "cx.json"
+    trace = tmp_path / "cx.pftrace"
     rc = main(
         [
             "check",
@@ -109,11 +110,9 @@ def test_check_cli_reports_a_violation_with_a_replay_command(
     assert rc == 1
     assert "VIOLATION" in out and "invariant 1" in out
     assert "replay: exitsim check threads2" in out and "--schedule" in out
-    doc = json.loads(trace.read_text())
-    names = {e["name"] for e in doc["traceEvents"] if e["ph"] == "X"}
-    assert "uvm_pglistfree" in names
-    tids = {e["tid"] for e in doc["traceEvents"]}
-    assert all(t >= 1000 for t in tids if t)
+    tracks, events = read_trace(trace.read_bytes())
+    assert "uvm_pglistfree" in {e.name for e in events}
+    assert all(uuid >= TRACK_BASE - 1 for uuid in tracks)  # never a pid
 
 
 def test_check_cli_passes_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:

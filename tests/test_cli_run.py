@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -156,43 +155,3 @@ def test_a_policy_file_runs_as_its_own_design(
     r = json.loads(capsys.readouterr().out)
     assert r["config"]["policy"] == "mine"
     assert r["reaper"]["busy_ns"] < 5_000_000  # the reaper no longer tears down
-
-
-def test_run_trace_is_a_perfetto_trace_with_cpu_tracks_and_kernel_functions(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """run --trace: a track per CPU (ids from 1000: non-zero, never a pid), slices
-    named after the kernel functions that spent the time, no two slices of a track
-    overlapping (Perfetto drops those), and the counters."""
-    trace = tmp_path / "run.json"
-    assert (
-        main(
-            [
-                "run",
-                "--policy",
-                "purge+pmap_purge",
-                "--arch",
-                "arm64",
-                "--cpus",
-                "2",
-                "--json",
-                "--trace",
-                str(trace),
-                *SMALL,
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
-    ev = json.loads(trace.read_text())["traceEvents"]
-    tracks = {e["args"]["name"]: e["tid"] for e in ev if e.get("name") == "thread_name"}
-    assert tracks == {"cpu0": 1000, "cpu1": 1001}
-    slices = [e for e in ev if e["ph"] == "X"]
-    names = {e["name"] for e in slices}
-    assert {"uvm_map_teardown", "user cc1", "uvm_unmap_detach"} <= names
-    assert any(n.startswith("_pmap_remove") for n in names)
-    for tid in tracks.values():
-        mine = sorted((e["ts"], e["ts"] + e["dur"]) for e in slices if e["tid"] == tid)
-        assert all(a[1] <= b[0] + 1e-9 for a, b in itertools.pairwise(mine))
-    counters = {e["name"] for e in ev if e["ph"] == "C"}
-    assert counters == {"reaper backlog", "zombies", "held after exit (pages)"}

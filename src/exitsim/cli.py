@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print only JSON")
         sp.add_argument("-o", "--output", metavar="FILE", help="also write the JSON here")
         sp.add_argument(
+            "--plot", metavar="FILE", help="also plot the result(s), PNG or SVG by the suffix"
+        )
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")
+        sp.add_argument(
             "--debug-checks",
             action="store_true",
             help="run the expensive VMMAP_DEBUG-style checks too",
@@ -126,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--arch", choices=sorted(ARCHES), default="amd64", help="default amd64")
     r.add_argument("--cpus", type=_cpus, default=8, help="CPUs, 1..256 (default 8)")
     r.add_argument(
-        "--trace", metavar="FILE", help="also write a Perfetto trace (Chrome JSON) of the run"
+        "--trace", metavar="FILE", help="also write a Perfetto trace (.pftrace) of the run"
     )
     common(r)
 
@@ -144,10 +148,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="processes running independent runs (default 2)",
     )
-    c.add_argument("--plot", metavar="FILE", help="wall time vs CPUs, PNG or SVG by suffix")
     common(c)
 
     sub.add_parser("list", help="designs, arches and workloads, a line each")
+
+    rp = sub.add_parser("report", help="an HTML page of a result file (run -o or compare -o)")
+    rp.add_argument("result", metavar="RESULT.json", help="what run -o or compare -o wrote")
+    rp.add_argument("-o", "--output", metavar="FILE", required=True, help="the HTML page")
+
+    t = sub.add_parser("trace", help="turn captures of a real run into a workload file")
+    tsub = t.add_subparsers(dest="trace_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    ti = tsub.add_parser("import", help="strace (and bpftrace) captures -> a process tree")
+    ti.add_argument("strace", metavar="FILE", help="strace -f -ttt -e trace=process output")
+    ti.add_argument("--bpftrace", metavar="BTFILE", help="bpftrace capture of the same run")
+    ti.add_argument(
+        "-o", "--output", metavar="WORKLOAD.toml", required=True, help="the workload file to write"
+    )
+    ti.add_argument("--name", help="the workload's name (default: FILE's name less .strace)")
+    ti.add_argument(
+        "--lenient", action="store_true", help="skip lines that cannot be parsed (and count them)"
+    )
+
+    rec = sub.add_parser("record", help="run a command under strace and import its tree")
+    rec.add_argument(
+        "-o", "--output", metavar="WORKLOAD.toml", help="default: COMMAND's name + .toml"
+    )
+    rec.add_argument("--name", help="the workload's name (default: COMMAND's name)")
+    rec.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="what to run")
 
     k = sub.add_parser("check", help="explore interleavings of small scenarios")
     k.add_argument(
@@ -177,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--trace",
         metavar="FILE",
-        help="write the counterexample or replay as a Perfetto (Chrome JSON) trace",
+        help="write the counterexample or replay as a Perfetto trace (protobuf, .pftrace)",
     )
     k.add_argument("--json", action="store_true", help="print only JSON")
+    k.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")
     k.add_argument(
         "-s",
         "--seed",
@@ -212,6 +240,14 @@ def _check_dir(flag: str, path: str | None) -> None:
     """Refuse an output file whose directory does not exist, before any run."""
     if path and not Path(path).parent.is_dir():
         raise UsageError(f"{flag}: directory {Path(path).parent} does not exist")
+
+
+def _check_plot(path: str | None) -> None:
+    """Refuse a plot file that is not .png or .svg, or whose directory does not exist,
+    before any run."""
+    _check_dir("--plot", path)
+    if path and Path(path).suffix.lower() not in (".png", ".svg"):
+        raise UsageError(f"--plot: {path} must end in .png or .svg")
 
 
 def _workload(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -277,23 +313,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from exitsim.report.compare import compare_tables
+    from exitsim.report.progress import bar, wanted
     from exitsim.report.table import cpu_table, lock_table, tlb_table
     from exitsim.sim import simulate
 
     _check_dir("--output", args.output)
     _check_dir("--trace", args.trace)
+    _check_plot(args.plot)
     cfg = _config(args, args.policy, args.arch, args.cpus)
     _validate(cfg)
-    if args.trace:
-        from exitsim.sim import simulate_traced
+    show = wanted(args.quiet or args.json)
+    with bar("simulating", None, "", show) as b:
 
-        result, trace = simulate_traced(cfg)
-        write_atomic(args.trace, trace)
-    else:
-        result = simulate(cfg)
+        def progress(now_ns: int, exited: int) -> None:
+            b.note(f"{now_ns / 1e6:,.0f} ms simulated, {exited} processes exited")
+
+        if args.trace:
+            from exitsim.sim import simulate_traced
+
+            result, trace = simulate_traced(cfg, progress if show else None)
+            write_atomic(args.trace, trace)
+        else:
+            result = simulate(cfg, progress if show else None)
     text = json.dumps(result, sort_keys=True, indent=1) + "\n"
     if args.output:
         write_atomic(args.output, text)
+    if args.plot:
+        from exitsim.report.plots import write_plot
+
+        write_plot(result, args.plot)
     if args.json:
         sys.stdout.write(text)
         return 0
@@ -307,6 +355,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     kv = result["known_violations"]
     if kv:
         console.print(f"known violations of this design (counted, not stopped): {kv}", markup=False)
+    if args.plot:
+        console.print(f"plot: {args.plot}", markup=False)
     return 0
 
 
@@ -315,10 +365,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from exitsim.sim import simulate
 
     _check_dir("--output", args.output)
-    _check_dir("--plot", args.plot)
-    if args.plot:
-        if Path(args.plot).suffix.lower() not in (".png", ".svg"):
-            raise UsageError(f"--plot: {args.plot} must end in .png or .svg")
+    _check_plot(args.plot)
     policies = [x for x in args.policies.split(",") if x]
     arches = [x for x in args.arches.split(",") if x]
     for a in arches:
@@ -344,14 +391,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ]
     for cfg in configs[: len(designs)]:
         _validate(cfg)
-    results = _map_runs(simulate, configs, args.workers, quiet=args.json)
+    results = _map_runs(simulate, configs, args.workers, quiet=args.json or args.quiet)
     text = json.dumps(results, sort_keys=True, indent=1) + "\n"
     if args.output:
         write_atomic(args.output, text)
     if args.plot:
-        from exitsim.report.plots import plot_compare
+        from exitsim.report.plots import write_plot
 
-        plot_compare(results, args.plot)
+        write_plot(results, args.plot)
     if args.json:
         sys.stdout.write(text)
         return 0
@@ -380,29 +427,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _map_runs(fn: Any, configs: list[Any], workers: int, quiet: bool) -> list[Any]:
     """``map(fn, configs)`` over a process pool, results in input order; a progress
-    line on stderr when it is a terminal."""
-    show = sys.stderr.isatty() and not quiet
-    if workers <= 1 or len(configs) == 1:
-        out = []
-        for i, cfg in enumerate(configs):
-            out.append(fn(cfg))
-            if show:
-                print(f"\r{i + 1}/{len(configs)} runs", end="", file=sys.stderr)
-        if show:
-            print(file=sys.stderr)
-        return out
-    import multiprocessing as mp
+    bar on stderr when it is a terminal and not ``quiet``."""
+    from exitsim.report.progress import bar, wanted
 
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(min(workers, len(configs))) as pool:
-        out = []
-        for i, res in enumerate(pool.imap(fn, configs)):
-            out.append(res)
-            if show:
-                print(f"\r{i + 1}/{len(configs)} runs", end="", file=sys.stderr)
-        if show:
-            print(file=sys.stderr)
-        return out
+    with bar("compare", len(configs), "runs", wanted(quiet)) as b:
+        if workers <= 1 or len(configs) == 1:
+            out = []
+            for cfg in configs:
+                out.append(fn(cfg))
+                b.advance()
+            return out
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(min(workers, len(configs))) as pool:
+            out = []
+            for res in pool.imap(fn, configs):
+                out.append(res)
+                b.advance()
+            return out
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -491,24 +534,25 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"violation: {out.error}" if out.error else "no violation on this schedule")
         return 1 if out.error else 0
 
+    from exitsim.report.progress import bar, wanted
+
     results = []
-    show = sys.stderr.isatty() and not args.json
-    for sc in scenarios:
+    with bar("check", len(scenarios), "scenarios", wanted(args.quiet or args.json)) as b:
+        for sc in scenarios:
 
-        def progress(n: int, states: int, sc=sc) -> None:
-            if show and n % 50 == 0:
-                print(f"\r{sc.name}: {n} schedules, {states} states", end="", file=sys.stderr)
+            def progress(n: int, states: int, sc=sc) -> None:
+                if n % 50 == 0:
+                    b.note(f"{sc.name}: {n} schedules, {states} states")
 
-        res = search(sc, maker, args.arch, args.preemptions, args.max_schedules, progress)
-        if show:
-            print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
-        results.append(res)
-        if res.violation is not None:
-            labels = parse_schedule(res.schedule or "")
-            _, res.steps = replay(sc, maker, args.arch, labels)
-            if args.trace:
-                write_atomic(args.trace, steps_to_trace(res.steps, f"{sc.name} {policy}"))
-            break
+            res = search(sc, maker, args.arch, args.preemptions, args.max_schedules, progress)
+            b.advance()
+            results.append(res)
+            if res.violation is not None:
+                labels = parse_schedule(res.schedule or "")
+                _, res.steps = replay(sc, maker, args.arch, labels)
+                if args.trace:
+                    write_atomic(args.trace, steps_to_trace(res.steps, f"{sc.name} {policy}"))
+                break
     found = any(r.violation for r in results)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
@@ -553,13 +597,17 @@ def _print_steps(steps: list[Any]) -> None:
         print(f"{st.index:>5} {cpu:>4}  {st.thread:10} {st.function:28} {st.op}")
 
 
-def write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str | bytes) -> None:
     """Write to a temporary file beside ``path`` and rename: never half-written."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        if isinstance(text, bytes):
+            with os.fdopen(fd, "wb") as fb:
+                fb.write(text)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -613,12 +661,79 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from exitsim.report.html import report_html
+    from exitsim.report.resultfile import ResultFileError, load_results
+
+    _check_dir("--output", args.output)
+    if Path(args.output).resolve() == Path(args.result).resolve():
+        raise UsageError(f"--output: {args.output} is the result file itself")
+    try:
+        results = load_results(args.result)
+    except ResultFileError as e:
+        raise UsageError(str(e)) from None
+    write_atomic(args.output, report_html(results, Path(args.result).name))
+    return 0
+
+
+def _import_to(
+    strace: str, bpftrace: str | None, output: str, name: str | None, **how: bool
+) -> None:
+    """Import the captures, tell what was assumed, write the workload file, summarize."""
+    from exitsim.workloads.importer import import_trace
+    from exitsim.workloads.spec import dump_workload
+    from exitsim.workloads.tracelines import TraceError
+
+    try:
+        result = import_trace(strace, bpftrace, name, **how)
+    except TraceError as e:
+        raise UsageError(str(e)) from None
+    for w in result.warnings:
+        print(f"exitsim: warning: {w}", file=sys.stderr)
+    write_atomic(output, dump_workload(result.spec))
+    print(f"{output}: {result.summary()}")
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    if args.trace_command is None:
+        raise UsageError("trace: a subcommand is needed: import")
+    _check_dir("--output", args.output)
+    for src in (args.strace, args.bpftrace):
+        if src and Path(args.output).resolve() == Path(src).resolve():
+            raise UsageError(f"--output: {args.output} is an input file")
+    _import_to(args.strace, args.bpftrace, args.output, args.name, lenient=args.lenient)
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from exitsim.workloads.record import RecordError, record
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UsageError("record: give the command after --, e.g. exitsim record -- make -j8")
+    output = args.output or f"{Path(argv[0]).name}.toml"
+    _check_dir("--output", output)
+    try:
+        with record(argv) as rec:
+            for note in rec.notes:
+                print(f"exitsim: note: {note}", file=sys.stderr)
+            bpf = str(rec.bpftrace) if rec.bpftrace else None
+            name = args.name or Path(argv[0]).name
+            _import_to(str(rec.strace), bpf, output, name, recorded=True)
+    except RecordError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
 COMMANDS: dict[str, Any] = {
     "demo": cmd_demo,
     "run": cmd_run,
     "compare": cmd_compare,
     "list": cmd_list,
     "check": cmd_check,
+    "report": cmd_report,
+    "trace": cmd_trace,
+    "record": cmd_record,
 }
 
 
