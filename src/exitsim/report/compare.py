@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.table import Table
 
+from exitsim.report.table import params_text
+
 #: (column title, how to read it from a Result, unit divisor)
 METRICS: tuple[tuple[str, tuple[str, ...], float], ...] = (
     ("wall ms", ("makespan_ns",), 1e6),
@@ -95,7 +97,11 @@ def compare_cells(results: list[dict[str, Any]], baseline: str) -> list[Cell]:
                     ratio = f"{v / b:.2f}" if b else "-"
                 values.append((_fmt(v), ratio))
             rows.append((r["config"]["policy"], tuple(values)))
-        cells.append(Cell(arch, cpus, rs[0]["config"]["workload"], baseline, tuple(rows)))
+        cfg = rs[0]["config"]
+        workload = cfg["workload"]
+        if workload == "tree":
+            workload = f"tree ({params_text(cfg)})"
+        cells.append(Cell(arch, cpus, workload, baseline, tuple(rows)))
     return cells
 
 
