@@ -98,8 +98,10 @@ def test_the_page_is_self_contained_and_well_formed(name: str, files: dict[str, 
     assert html.startswith("<!DOCTYPE html>")
     page = _parse(html)
     assert page.problems == [] and page.stack == []
-    for tag in ("script", "link", "iframe", "object", "embed", "img"):
+    for tag in ("script", "iframe", "object", "embed", "img"):
         assert tag not in page.tags, tag
+    # One link: the page's empty icon, so that a browser fetches no /favicon.ico.
+    assert page.tags.count("link") == 1 and ("link", "rel", "icon") in page.attrs
     for tag, attr, value in page.attrs:
         if attr == "src" or attr.endswith("href"):
             assert value.startswith(("#", "data:")), (tag, attr, value)

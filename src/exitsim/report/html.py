@@ -403,6 +403,8 @@ def report_html(results: dict[str, Any] | list[dict[str, Any]], source: str) -> 
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        # An empty icon of its own, so a browser asks no server for /favicon.ico.
+        '<link rel="icon" href="data:,">\n'
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         f"{header}\n<nav>{nav}</nav>\n<main>\n"
         + body
