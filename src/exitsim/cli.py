@@ -461,6 +461,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("workloads:")
     for name, gen in WORKLOADS.items():
         print(f"  {name:18} {gen.summary}")
+    print(f"  {'FILE.toml':18} a workload file: a generator or a process tree (docs/workloads.md)")
     return 0
 
 
