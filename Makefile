@@ -19,9 +19,9 @@ run: $(STAMP)
 	$(BIN)/exitsim compare
 
 # Debian packages the tests drive: chromium (tests/browser/ opens traces in the Perfetto
-# UI) and strace (exitsim trace record). Installed only when the command is missing; CI
-# is root on a fresh Debian machine, anyone else goes through sudo.
-SYSDEPS := chromium strace
+# UI), strace and bpftrace (exitsim record). Installed only when the command is missing;
+# CI is root on a fresh Debian machine, anyone else goes through sudo.
+SYSDEPS := chromium strace bpftrace
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 sysdeps:

@@ -5,9 +5,12 @@ real command is recorded under strace."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -365,6 +368,40 @@ def test_record_runs_a_command_under_strace(
     assert sh.parent is None and (sh.program or "").endswith("/sh")
     assert ls.parent == sh.id and (ls.program or "").endswith("/ls") and ls.comm == "ls"
     assert spec.name == "sh" and spec.description.startswith("Recorded with exitsim record")
+
+
+@pytest.fixture
+def tracefs() -> Iterator[None]:
+    """tracefs mounted for the test (bpftrace's tracepoints live there), and unmounted
+    again afterwards if the test mounted it."""
+    path = Path("/sys/kernel/tracing")
+    if (path / "events").is_dir():
+        yield
+        return
+    assert os.geteuid() == 0, "recording with bpftrace needs root (tracefs, probes)"
+    subprocess.run(["mount", "-t", "tracefs", "nodev", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_record_with_bpftrace_takes_the_sizes_at_exit(
+    tmp_path: Path, tracefs: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With bpftrace there and allowed, record runs its own script around the command
+    and the resident sizes are the real ones at exit, not the defaults."""
+    assert shutil.which("bpftrace"), "bpftrace is required (make installs it)"
+    out = tmp_path / "sh.toml"
+    assert main(["record", "-o", str(out), "--", "sh", "-c", "ls >/dev/null; true"]) == 0
+    err = capsys.readouterr().err
+    assert "bpftrace" not in err and "warning" not in err, err
+    spec = load_workload_file(out)
+    assert spec.source == "exitsim record: strace and bpftrace"
+    sh, ls = spec.process or []
+    assert (ls.parent, ls.comm) == (sh.id, "ls")
+    # ls maps its own text and libc: hundreds of file pages, and not the default 840/256.
+    assert ls.file_pages > 100 and (ls.file_pages, ls.anon_pages) != (840, 256)
 
 
 def test_record_without_strace_says_how_to_install_it(
