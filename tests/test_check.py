@@ -159,6 +159,8 @@ def test_check_lists_its_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
         (["check", "nosuch"], "unknown scenario 'nosuch'"),
         (["check", "wait2", "--schedule", "0,zz"], "is not a step"),
         (["check", "wait2", "--schedule", "7"], "--schedule"),
+        (["check", "wait2", "--schedule", ",".join(["0"] * 500)], "the run ended with no choice"),
+        (["check", "wait2", "--schedule", "0", "--trace", "/"], "--trace: / is a directory"),
         (["check", "wait2", "shm2", "--schedule", "0"], "exactly one"),
         (["check", "--policy", "nope"], "unknown design 'nope'"),
         (["check", "--preemptions", "-1"], "--preemptions"),

@@ -187,6 +187,9 @@ def _bad_inputs(run: dict[str, Any]) -> dict[str, tuple[str, str]]:
     no_locks = {k: v for k, v in run.items() if k != "locks"}
     text_wall = run | {"makespan_ns": "1 ms"}
     bad_sample = run | {"series": run["series"] | {"zombies": [[0]]}}
+    bad_file = run | {"config": run["config"] | {"policy_file": 5}}
+    bad_params = run | {"config": run["config"] | {"workload_params": "jobs=3"}}
+    bad_tree = run | {"config": run["config"] | {"workload_params": {"process": None}}}
     return {
         "text.json": ("this is not JSON\n", "not JSON"),
         "cut.json": (json.dumps(run)[:-40], "not JSON"),
@@ -199,6 +202,12 @@ def _bad_inputs(run: dict[str, Any]) -> dict[str, tuple[str, str]]:
         "sample.json": (json.dumps(bad_sample), "series zombies"),
         "mixed.json": (json.dumps([run, {"hello": 1}]), "result 1"),
         "check.json": ('[{"scenario": "wait2", "violation": null}]', "result 0"),
+        "deep.json": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        "policyfile.json": (json.dumps(bad_file), "policy_file is not a JSON string"),
+        "params.json": (json.dumps(bad_params), "workload_params is not a JSON object"),
+        "tree.json": (json.dumps(bad_tree), "process is not a JSON array"),
+        "known.json": (json.dumps(run | {"known_violations": 3}), "known_violations is not"),
+        "zombies.json": (json.dumps(run | {"zombies": [1]}), "zombies is not a JSON object"),
     }
 
 
@@ -214,6 +223,12 @@ BAD = [
     "sample.json",
     "mixed.json",
     "check.json",
+    "deep.json",
+    "policyfile.json",
+    "params.json",
+    "tree.json",
+    "known.json",
+    "zombies.json",
 ]
 
 
@@ -254,6 +269,7 @@ def test_an_existing_page_is_left_alone_on_bad_input(
         (["report", "{tmp}/r.json"], "-o/--output"),
         (["report", "{tmp}/r.json", "-o", "/nonexistent/x.html"], "/nonexistent does not exist"),
         (["report", "{tmp}/r.json", "-o", "{tmp}/r.json"], "is the result file itself"),
+        (["report", "{tmp}/r.json", "-o", "{tmp}"], "is a directory"),
     ],
 )
 def test_bad_usage_of_report_is_one_line_and_exit_status_2(

@@ -23,7 +23,13 @@ from exitsim.workloads.importer import (
     ImportResult,
     import_trace,
 )
-from exitsim.workloads.spec import ProcessSpec, dump_workload, load_workload_file
+from exitsim.workloads.spec import (
+    MAX_ANON_PAGES,
+    MAX_FILE_PAGES,
+    ProcessSpec,
+    dump_workload,
+    load_workload_file,
+)
 from exitsim.workloads.tracelines import TraceError
 from tests.clikit import assert_usage_error
 
@@ -307,6 +313,7 @@ def test_lenient_skips_and_counts_garbage(
         ("100 1000.1 <... wait4 resumed>) = 0", "no unfinished wait4"),
         ("100 1000.1 +++ killed by SIGNOPE +++", "unknown signal"),
         ("100 1000.1 wait4(-1) = banana", "not a return value"),
+        ('0 1000.1 execve("/bin/y", ["y"], 0x1) = 0', "task id 0"),
     ],
 )
 def test_strict_errors_name_the_file_and_line(tmp_path: Path, line: str, why: str) -> None:
@@ -326,6 +333,39 @@ def test_bpftrace_garbage_is_an_error_naming_its_line(tmp_path: Path) -> None:
         import_trace(DATA / "unfinished.strace", bt)
     r = import_trace(DATA / "unfinished.strace", bt, lenient=True)
     assert r.warnings[0] == f"{bt}: skipped 1 line that could not be parsed"
+
+
+@pytest.mark.parametrize(
+    ("lines", "why"),
+    [
+        ("100 1000.1 fork() = 100\n", "the process tree has a cycle"),
+        ("100 1000.1 fork() = 200\n200 1000.2 fork() = 100\n", "the process tree has a cycle"),
+        ("100 99999999999.0 +++ exited with 0 +++\n", "process 100: user_ms would be 1e+14 ms"),
+    ],
+)
+def test_an_impossible_capture_is_refused_naming_the_file(
+    tmp_path: Path, lines: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A process forking itself, a cycle, a timestamp a lifetime away: one line."""
+    f = tmp_path / "t.strace"
+    f.write_text('100 1000.000000 execve("/bin/x", ["x"], 0x1) = 0\n' + lines)
+    out = tmp_path / "w.toml"
+    assert_usage_error(["trace", "import", str(f), "-o", str(out)], f"{f}: ", capsys)
+    with pytest.raises(TraceError, match=re.escape(why)):
+        import_trace(f)
+    assert not out.exists()
+
+
+def test_bpftrace_sizes_past_what_a_replay_holds_are_cut_with_a_warning(tmp_path: Path) -> None:
+    bt = tmp_path / "t.bt.txt"
+    bt.write_text("X 540000000 101 101 cc 1 100000000 1000000000000000000 0 9000\n")
+    r = import_trace(DATA / "unfinished.strace", bt)
+    cc = next(p for p in r.spec.process if p.id == 101)
+    assert (cc.file_pages, cc.anon_pages) == (MAX_FILE_PAGES, MAX_ANON_PAGES)
+    assert any("1 process larger than a replay holds" in w for w in r.warnings)
+    bt.write_text("F 510500000 100 0\n")
+    with pytest.raises(TraceError, match=rf"^{re.escape(str(bt))}:1: child: task ids start at 1"):
+        import_trace(DATA / "unfinished.strace", bt)
 
 
 def test_the_record_script_prints_what_the_reader_reads() -> None:
@@ -350,6 +390,9 @@ def test_trace_needs_a_subcommand_and_readable_files(
         "does not exist",
         capsys,
     )
+    assert_usage_error(["trace", "import", str(LUA), "-o", str(tmp_path)], "a directory", capsys)
+    assert_usage_error(["trace", "import", str(LUA), "-o", ""], "file name is empty", capsys)
+    assert sorted(tmp_path.iterdir()) == []
 
 
 # exitsim record ---------------------------------------------------------------------

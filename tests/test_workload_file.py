@@ -13,6 +13,8 @@ import pytest
 from exitsim.cli import main
 from exitsim.sim import SimConfig, build_kernel, simulate
 from exitsim.workloads.spec import (
+    MAX_ANON_PAGES,
+    MAX_FILE_PAGES,
     TREE,
     WorkloadFileError,
     dump_workload,
@@ -134,6 +136,20 @@ BAD = [
     (TINY.replace("open = 6", "opne = 6"), "unknown system call 'opne'"),
     (TINY.replace("threads", "x") + "threads = 0\n", "process[3].threads"),
     ("format = 1\n[[process]\n", "not valid TOML"),
+    ("format = 1\nx = " + "[" * 5000 + "]" * 5000 + "\n", "not valid TOML: nested too deeply"),
+    (TINY.replace("user_ms = 20.0", "user_ms = 1e300"), "process[1].user_ms: Input should be less"),
+    (TINY.replace("start_ms = 2.0", "start_ms = 1.7e308"), "process[3].start_ms: Input should"),
+    (TINY.replace("open = 6", "open = 1000000000000"), "process[0].syscalls.open: Input should"),
+    (
+        TINY.replace("anon_pages = 300", f"anon_pages = {MAX_ANON_PAGES + 1}"),
+        "process[3].anon_pages",
+    ),
+    (
+        TINY.replace("file_pages = 450", f"file_pages = {MAX_FILE_PAGES + 1}"),
+        "process[0].file_pages",
+    ),
+    ("format = 1\n[generator]\nname = 'build'\ncc1_user_ms = inf\n", "cc1_user_ms must be"),
+    ("format = 1\n[generator]\nname = 'build'\nas_user_sigma = 1e300\n", "as_user_sigma must"),
 ]
 
 
@@ -158,6 +174,31 @@ def test_a_missing_file_and_a_tree_with_params_are_refused(
     assert_usage_error(
         ["run", "--workload", path, "--param", "jobs=2"], "is a process tree", capsys
     )
+
+
+@pytest.mark.parametrize(
+    ("param", "needle"),
+    [
+        ("cc1_user_ms=inf", "cc1_user_ms must be a finite number from 0 to 86400000"),
+        ("cc1_user_ms=1e300", "cc1_user_ms must be"),
+        ("as_user_ms=-1", "as_user_ms must be"),
+        ("cc1_anon_sigma=1e300", "cc1_anon_sigma must be"),
+        ("cc1_text_pages=-1", "cc1_text_pages must be at least 1"),
+    ],
+)
+def test_a_generator_parameter_out_of_range_is_refused(
+    param: str, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_usage_error(["run", "--workload", "build", "--param", param], needle, capsys)
+
+
+def test_the_largest_sizes_a_file_may_give_still_run() -> None:
+    """The MAX_ sizes fit the replay's address layout (one more is refused above), on
+    a machine with room for them side by side."""
+    text = TINY.replace("file_pages = 450", f"file_pages = {MAX_FILE_PAGES}")
+    text = text.replace("anon_pages = 300", f"anon_pages = {MAX_ANON_PAGES}")
+    cfg = tree_config(text, 2, total_pages=3 * MAX_ANON_PAGES)
+    assert simulate(cfg)["processes"]["count"] == 4
 
 
 def test_a_generator_file_runs_like_the_name_and_params(tmp_path: Path) -> None:

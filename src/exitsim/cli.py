@@ -237,8 +237,15 @@ def _params(items: list[str]) -> dict[str, Any]:
 
 
 def _check_dir(flag: str, path: str | None) -> None:
-    """Refuse an output file whose directory does not exist, before any run."""
-    if path and not Path(path).parent.is_dir():
+    """Refuse an output file that is empty, a directory, or in a directory that does
+    not exist, before any run."""
+    if path is None:
+        return
+    if not path:
+        raise UsageError(f"{flag}: the file name is empty")
+    if Path(path).is_dir():
+        raise UsageError(f"{flag}: {path} is a directory")
+    if not Path(path).parent.is_dir():
         raise UsageError(f"{flag}: directory {Path(path).parent} does not exist")
 
 
@@ -601,7 +608,10 @@ def _print_steps(steps: list[Any]) -> None:
 def write_atomic(path: str, text: str | bytes) -> None:
     """Write to a temporary file beside ``path`` and rename: never half-written."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
     try:
         if isinstance(text, bytes):
             with os.fdopen(fd, "wb") as fb:
@@ -610,6 +620,9 @@ def write_atomic(path: str, text: str | bytes) -> None:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
         os.replace(tmp, target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -9,16 +9,12 @@ from typing import Any
 
 from exitsim.engine.errors import SimError
 from exitsim.kern.kernel import Kernel
-from exitsim.machine.machine import Machine
+from exitsim.machine.machine import DEFAULT_TOTAL_PAGES, Machine
 from exitsim.policies.base import Policy
 from exitsim.policies.registry import get_policy, load_policy_file
 from exitsim.report.result import build_result
 from exitsim.vm.audit import audit_all_exited
 from exitsim.workloads.registry import start_workload
-
-#: Physical memory of the simulated machine, in 4 KiB pages (64 GiB): enough that no
-#: default workload runs short; memory pressure is not what is studied here.
-DEFAULT_TOTAL_PAGES = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exitsim.check.scenarios import SCENARIOS, CheckRun, Scenario, factory
+from exitsim.engine.chooser import ScheduleMismatch
 from exitsim.engine.errors import InvariantViolation
 from exitsim.engine.explore import (
     Outcome,
@@ -118,6 +119,9 @@ def replay(
         seen[0] = len(log)
 
     out = run_schedule(f, schedule, on_step=on_step)
+    if out.error is None and len(out.points) < len(schedule):
+        n = len(out.points)
+        raise ScheduleMismatch(f"step {n}: the run ended with no choice left for {schedule[n]!r}")
     return out, steps
 
 

@@ -10,6 +10,9 @@ from exitsim.machine.costs import CostProfile, CostProfileError, builtin_profile
 from exitsim.machine.tlb import Tlb, make_tlb
 
 GRANULARITIES = ("exact", "range")
+#: Physical memory of the simulated machine, in 4 KiB pages (64 GiB): enough that no
+#: default workload runs short; memory pressure is not what is studied here.
+DEFAULT_TOTAL_PAGES = 16 << 20
 
 
 class Machine:

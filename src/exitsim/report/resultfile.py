@@ -55,6 +55,11 @@ def _need(obj: Any, keys: tuple[str, ...], where: str, kind: Any = _NUM) -> None
             raise ResultFileError(f"{where}: {k} is not {what}")
 
 
+def _maybe(obj: dict[str, Any], keys: tuple[str, ...], where: str, kind: type) -> None:
+    """Each of ``keys`` that ``obj`` has (and is not null), of JSON type ``kind``."""
+    _need(obj, tuple(k for k in keys if obj.get(k) is not None), where, kind)
+
+
 def check_result(r: Any, where: str = "the result") -> None:
     """Refuse ``r`` unless it is a Result of this schema with what a report reads."""
     if not isinstance(r, dict) or "schema" not in r or "config" not in r:
@@ -68,6 +73,11 @@ def check_result(r: Any, where: str = "the result") -> None:
     cfg = r["config"]
     _need(cfg, ("policy", "arch", "workload", "granularity"), f"{where}'s config", str)
     _need(cfg, ("cpus", "seed"), f"{where}'s config", int)
+    _maybe(cfg, ("policy_file",), f"{where}'s config", str)
+    _maybe(cfg, ("workload_params",), f"{where}'s config", dict)
+    if "process" in (cfg.get("workload_params") or {}):
+        _need(cfg["workload_params"], ("process",), f"{where}'s workload_params", list)
+    _maybe(r, ("known_violations", "threads", "zombies"), where, dict)
     _need(r["processes"], _PROCESSES, f"{where}'s processes")
     _need(r["cpu"], _CPU, f"{where}'s cpu")
     _need(r["memory"], _MEMORY, f"{where}'s memory")
@@ -110,6 +120,8 @@ def load_results(path: str) -> dict[str, Any] | list[dict[str, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ResultFileError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ResultFileError(f"{path}: not a result file (nested too deeply)") from None
     try:
         if isinstance(data, list):
             if not data:

@@ -47,8 +47,10 @@ from exitsim.kern.exec import Image, Segment, sys_execve
 from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process
 from exitsim.kern.syscall import syscall
+from exitsim.machine.machine import DEFAULT_TOTAL_PAGES
 from exitsim.vm.fault import uvm_touch
 from exitsim.workloads.program import (
+    BIG_VPN,
     LIBC_PAGES,
     Program,
     compute,
@@ -62,8 +64,6 @@ if TYPE_CHECKING:
 
 #: 4 KiB pages in a GiB.
 PAGES_PER_GIB = 1 << 18
-#: Where big's data set is mapped: 64 GiB up, between libc and the SysV segments.
-BIG_VPN = 0x1000000
 BIG_TEXT_PAGES = 256
 SH = Program("sh", 290 - LIBC_PAGES, 16, 500_000, 20, 20)
 
@@ -81,6 +81,11 @@ class BigexitParams:
     def __post_init__(self) -> None:
         if not math.isfinite(self.big_gib) or self.big_gib <= 0:
             raise ValueError(f"big_gib must be a finite number > 0 (got {self.big_gib})")
+        if self.big_pages() > DEFAULT_TOTAL_PAGES:
+            raise ValueError(
+                f"big_gib must be at most {DEFAULT_TOTAL_PAGES // PAGES_PER_GIB}, the"
+                f" simulated machine's memory (got {self.big_gib})"
+            )
         for name in ("big_user_ms", "job_ms"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:

@@ -113,6 +113,14 @@ def _int(text: str, what: str) -> int:
         raise LineError(f"{what}: not a whole number: {text!r}") from None
 
 
+def _task(text: str, what: str) -> int:
+    """A task id: a whole number from 1 (0 is the idle task, never a tree's)."""
+    tid = _int(text, what)
+    if tid < 1:
+        raise LineError(f"{what}: task ids start at 1: {text!r}")
+    return tid
+
+
 def _ts(text: str) -> int:
     ts = _int(text, "ts")
     if ts < 0:
@@ -127,23 +135,23 @@ def parse_record(text: str) -> Record | None:
     kind, _, rest = text.partition(" ")
     f = rest.split()
     if kind == "F" and len(f) == 3:
-        return Fork(_ts(f[0]), _int(f[1], "parent"), _int(f[2], "child"))
+        return Fork(_ts(f[0]), _int(f[1], "parent"), _task(f[2], "child"))
     if kind == "E" and len(f) >= 3:
         ts, pid, path = rest.split(maxsplit=2)
-        return Exec(_ts(ts), _int(pid, "pid"), path)
+        return Exec(_ts(ts), _task(pid, "pid"), path)
     if kind == "X" and len(f) >= 9:
         # comm may hold spaces: the fixed fields are counted from both ends.
         nums = [_int(x, name) for x, name in zip(f[-5:], ("group_dead", *_PAGES), strict=True)]
         return TaskExit(
             _ts(f[0]),
-            _int(f[1], "tid"),
-            _int(f[2], "tgid"),
+            _task(f[1], "tid"),
+            _task(f[2], "tgid"),
             " ".join(f[3:-5]),
             nums[0] != 0,
             *nums[1:],
         )
     if kind == "M" and len(f) == 2:
-        return MmExit(_ts(f[0]), _int(f[1], "tid"))
+        return MmExit(_ts(f[0]), _task(f[1], "tid"))
     if kind in ("F", "E", "X", "M"):
         raise LineError(f"{kind} line with {len(f)} fields")
     raise LineError("not a bpftrace line (expected F, E, X or M and a timestamp)")

@@ -37,6 +37,7 @@ from exitsim.engine.thread import KPath
 from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process
 from exitsim.workloads.program import LIBC_PAGES, Program, exec_and_run
+from exitsim.workloads.spec import MAX_MS
 
 if TYPE_CHECKING:
     from exitsim.kern.kernel import Kernel
@@ -63,6 +64,17 @@ class BuildParams:
             raise ValueError(f"jobs must be at least 1 (got {self.jobs})")
         if self.parallel < 0:
             raise ValueError(f"parallel must not be negative (got {self.parallel})")
+        for name, top in (("cc1_user_ms", MAX_MS), ("as_user_ms", MAX_MS), *_SIGMAS):
+            v = getattr(self, name)
+            if not math.isfinite(v) or not 0 <= v <= top:
+                raise ValueError(f"{name} must be a finite number from 0 to {top:.10g} (got {v})")
+        if self.cc1_text_pages < 1:
+            raise ValueError(f"cc1_text_pages must be at least 1 (got {self.cc1_text_pages})")
+
+
+#: A log-normal spread of more than this (x20 at one standard deviation) is not a build.
+MAX_SIGMA = 3.0
+_SIGMAS = tuple((name, MAX_SIGMA) for name in ("cc1_user_sigma", "as_user_sigma", "cc1_anon_sigma"))
 
 
 def _lognormal_ns(rng: random.Random, median_ms: float, sigma: float) -> int:

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from exitsim.workloads.bpftrace import BpfTask, TaskExit, process_tree, read_bpftrace
-from exitsim.workloads.spec import WorkloadFileError, WorkloadSpec, parse_workload
+from exitsim.workloads.spec import (
+    MAX_ANON_PAGES,
+    MAX_FILE_PAGES,
+    MAX_MS,
+    MAX_SHM_PAGES,
+    WorkloadFileError,
+    WorkloadSpec,
+    parse_workload,
+)
 from exitsim.workloads.strace import (
     EXECS,
     WAITS,
@@ -120,7 +128,8 @@ def import_trace(
         tasks = process_tree(bcap, cap.first_tid, known)
         end = max(end, _join_bpf(procs, tasks, warnings))
     unexited = _finish(procs, cap.first_tid, end, warnings)
-    rows, user_ms = _rows(procs, cap.first_tid)
+    where = cap.path + (f" and {bpftrace_path}" if bpftrace_path is not None else "")
+    rows, user_ms = _rows(procs, cap.first_tid, where)
     root = procs[cap.first_tid]
     programs = len({p.program for p in procs.values() if p.program})
     span_ms = _ms(end - (root.birth or cap.start))
@@ -254,6 +263,7 @@ def _join_bpf(procs: dict[int, Traced], tasks: dict[int, BpfTask], warnings: lis
     }
     off = _clock_offset(procs, tasks)
     no_mm = 0
+    cut = 0
     leaders = sorted(t for t in tasks if tgid_of[t] == t)
     for pid in leaders:
         task = tasks[pid]
@@ -274,8 +284,15 @@ def _join_bpf(procs: dict[int, Traced], tasks: dict[int, BpfTask], warnings: lis
             p.death = x.ts + off
             p.comm = x.comm
             if x.has_mm:
-                # A percpu counter's central value can be a little below zero.
-                p.sizes = (max(0, x.file_pages), max(0, x.anon_pages), max(0, x.shm_pages))
+                # A percpu counter's central value can be a little below zero; a
+                # replay holds at most the MAX_ sizes of spec.py.
+                sizes = (max(0, x.file_pages), max(0, x.anon_pages), max(0, x.shm_pages))
+                p.sizes = (
+                    min(sizes[0], MAX_FILE_PAGES),
+                    min(sizes[1], MAX_ANON_PAGES),
+                    min(sizes[2], MAX_SHM_PAGES),
+                )
+                cut += p.sizes != sizes
             else:
                 no_mm += 1
     for t, pid in tgid_of.items():
@@ -295,6 +312,11 @@ def _join_bpf(procs: dict[int, Traced], tasks: dict[int, BpfTask], warnings: lis
         )
     if no_mm:
         warnings.append(f"{no_mm} X lines without an mm (all zero): default sizes used")
+    if cut:
+        warnings.append(
+            f"{_count(cut, 'process')} larger than a replay holds: sizes cut to file "
+            f"{MAX_FILE_PAGES}, anon {MAX_ANON_PAGES}, shm {MAX_SHM_PAGES} pages"
+        )
     last = max(
         (r.ts for task in tasks.values() for r in (task.fork, *task.execs, task.exit) if r),
         default=None,
@@ -398,11 +420,11 @@ def _order(procs: dict[int, Traced]) -> list[Traced]:
     return out
 
 
-def _rows(procs: dict[int, Traced], root: int) -> tuple[list[dict[str, Any]], float]:
-    """The ``[[process]]`` tables, and the total user time."""
+def _rows(procs: dict[int, Traced], root: int, where: str) -> tuple[list[dict[str, Any]], float]:
+    """The ``[[process]]`` tables, and the total user time; errors name ``where``."""
     order = _order(procs)
     if len(order) != len(procs):
-        raise TraceError("the process tree has a cycle (pids reused within the capture?)")
+        raise TraceError(f"{where}: the process tree has a cycle (pids reused in the capture?)")
     user: dict[int, float] = {}
     rows: list[dict[str, Any]] = []
     root_birth = procs[root].birth or 0
@@ -429,6 +451,12 @@ def _rows(procs: dict[int, Traced], root: int) -> tuple[list[dict[str, Any]], fl
             if after:
                 row["after"] = after
         row["user_ms"] = user[p.pid]
+        for key in ("start_ms", "user_ms"):
+            if row[key] > MAX_MS:
+                raise TraceError(
+                    f"{where}: process {p.pid}: {key} would be {row[key]:.4g} ms, more than "
+                    f"a day ({MAX_MS:.0f} ms): a timestamp out of place?"
+                )
         row["threads"] = min(max(1, len(p.tids)), MAX_THREADS)
         file_pages, anon_pages, shm_pages = p.sizes or (DEFAULT_FILE_PAGES, DEFAULT_ANON_PAGES, 0)
         row["file_pages"] = file_pages

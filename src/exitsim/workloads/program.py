@@ -27,11 +27,19 @@ TEXT_VPN = 0x400
 #: The run size a partial text is touched in (256 KiB; a program's text object is a
 #: whole number of these when its processes touch different amounts of it).
 TEXT_CHUNK = 64
-LIBC_VPN = 0x80000
-DATA_VPN = 0x10000
-HEAP_VPN = 0x20000
+# Segment addresses, in pages: far enough apart for any size a machine of the model can
+# hold (text up to 4 GiB, heap up to 2 TiB, SysV segments up to 4 TiB), and 512-page
+# aligned, so each segment starts its own page-table page.
+DATA_VPN = 0x100000
+HEAP_VPN = 0x200000
+LIBC_VPN = 0x20000000
+#: Free for a workload's own big mapping (bigexit's data set), up to SHM_VPN.
+BIG_VPN = 0x30000000
 SHM_VPN = 0x40000000
 STACK_VPN = 0x7F000000
+#: A replayed process's data and stack (tree.py): its anon pages less these are heap.
+DATA_PAGES = 8
+STACK_PAGES = 16
 
 
 @dataclass(frozen=True, slots=True)

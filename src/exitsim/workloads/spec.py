@@ -17,13 +17,39 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from exitsim.kern.syscall import LOCKED, NOLOCK
+from exitsim.machine.machine import DEFAULT_TOTAL_PAGES
+from exitsim.workloads.program import (
+    DATA_PAGES,
+    DATA_VPN,
+    HEAP_VPN,
+    LIBC_PAGES,
+    LIBC_VPN,
+    SHM_VPN,
+    STACK_PAGES,
+    STACK_VPN,
+    TEXT_CHUNK,
+    TEXT_VPN,
+)
 
 FORMAT = 1
 #: The name a process tree runs under in a SimConfig.
 TREE = "tree"
 
-NonNeg = Annotated[int, Field(ge=0)]
-Ms = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+#: The longest time a field can give (a day, in ms): more is a mistake, and would run
+#: for ever (or overflow) in the simulation.
+MAX_MS = 86_400_000.0
+#: The most calls of one name a process can make (each is simulated, ~10 us apiece).
+MAX_CALLS = 100_000_000
+#: The most of each kind a replayed process can have resident: what the simulated
+#: machine holds (a tree as a whole can still ask for more, and then runs out of
+#: memory), and what fits between the fixed addresses of its image (program.py).
+MAX_FILE_PAGES = min(
+    DEFAULT_TOTAL_PAGES, LIBC_PAGES + (DATA_VPN - TEXT_VPN) // TEXT_CHUNK * TEXT_CHUNK
+)
+MAX_ANON_PAGES = min(DEFAULT_TOTAL_PAGES, LIBC_VPN - HEAP_VPN + DATA_PAGES + STACK_PAGES)
+MAX_SHM_PAGES = min(DEFAULT_TOTAL_PAGES, STACK_VPN - SHM_VPN)
+
+Ms = Annotated[float, Field(ge=0, le=MAX_MS, allow_inf_nan=False)]
 
 
 class WorkloadFileError(ValueError):
@@ -45,11 +71,11 @@ class ProcessSpec(_Strict):
     after: list[int] = Field(default_factory=list)
     user_ms: Ms = 0.0
     threads: Annotated[int, Field(ge=1, le=1024)] = 1
-    anon_pages: NonNeg = 0
-    file_pages: NonNeg = 0
-    shm_pages: NonNeg = 0
+    anon_pages: Annotated[int, Field(ge=0, le=MAX_ANON_PAGES)] = 0
+    file_pages: Annotated[int, Field(ge=0, le=MAX_FILE_PAGES)] = 0
+    shm_pages: Annotated[int, Field(ge=0, le=MAX_SHM_PAGES)] = 0
     shm_key: str = ""
-    syscalls: dict[str, NonNeg] = Field(default_factory=dict)
+    syscalls: dict[str, Annotated[int, Field(ge=0, le=MAX_CALLS)]] = Field(default_factory=dict)
     exit_status: Annotated[int, Field(ge=0, le=255)] = 0
 
     @model_validator(mode="after")
@@ -186,6 +212,8 @@ def load_workload_file(path: str | Path) -> WorkloadSpec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise WorkloadFileError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise WorkloadFileError(f"{path}: not valid TOML: nested too deeply") from None
     return parse_workload(data, str(path))
 
 

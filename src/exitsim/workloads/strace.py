@@ -196,6 +196,8 @@ def _parse_line(
     if m is None:
         raise LineError("not an strace line (expected `TID SECONDS.USEC ...`, strace -f -ttt)")
     tid = int(m.group(1) or m.group(2))
+    if tid < 1:
+        raise LineError(f"task id {tid}: task ids start at 1")
     ts = parse_ts(m.group(3))
     rest = m.group(4)
     if tid in exited:

@@ -36,9 +36,11 @@ from exitsim.kern.syscall import LOCKED, user
 from exitsim.vm.fault import uvm_touch
 from exitsim.vm.shm import ShmSegment, shmat, shmctl_rmid, shmget
 from exitsim.workloads.program import (
+    DATA_PAGES,
     HEAP_VPN,
     LIBC_PAGES,
     SHM_VPN,
+    STACK_PAGES,
     TEXT_CHUNK,
     Program,
     compute,
@@ -53,8 +55,6 @@ if TYPE_CHECKING:
 #: A worker thread's user-time slice between returns to user space (assumption: a
 #: server thread makes a system call or takes an interrupt about once a millisecond).
 WORKER_SLICE_NS = 1_000_000
-DATA_PAGES = 8
-STACK_PAGES = 16
 
 
 def ns(ms: float) -> int:
