@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from exitsim.engine.thread import KPath
 from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process
-from exitsim.workloads.program import LIBC_PAGES, Program, exec_and_run
+from exitsim.workloads.program import LIBC_PAGES, Program, check_pages, exec_and_run
 from exitsim.workloads.spec import MAX_MS
 
 if TYPE_CHECKING:
@@ -68,8 +68,8 @@ class BuildParams:
             v = getattr(self, name)
             if not math.isfinite(v) or not 0 <= v <= top:
                 raise ValueError(f"{name} must be a finite number from 0 to {top:.10g} (got {v})")
-        if self.cc1_text_pages < 1:
-            raise ValueError(f"cc1_text_pages must be at least 1 (got {self.cc1_text_pages})")
+        check_pages("cc1_text_pages", self.cc1_text_pages)
+        check_pages("cc1_anon_pages", self.cc1_anon_pages, 0)
 
 
 #: A log-normal spread of more than this (x20 at one standard deviation) is not a build.

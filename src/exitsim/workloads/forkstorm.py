@@ -46,7 +46,7 @@ from exitsim.kern.exit import sys_exit, sys_wait4, userret
 from exitsim.kern.fork import fork1, spawn_user_process
 from exitsim.kern.syscall import user
 from exitsim.vm.fault import uvm_touch
-from exitsim.workloads.program import STACK_VPN, Program, exec_and_run
+from exitsim.workloads.program import STACK_VPN, Program, check_pages, exec_and_run
 
 if TYPE_CHECKING:
     from exitsim.kern.kernel import Kernel
@@ -83,8 +83,7 @@ class ForkstormParams:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0 (got {v})")
-        if self.looper_heap_pages < 1:
-            raise ValueError(f"looper_heap_pages must be at least 1 (got {self.looper_heap_pages})")
+        check_pages("looper_heap_pages", self.looper_heap_pages)
 
     def modes(self) -> tuple[str, ...]:
         """The loops each looper runs, in order."""

@@ -15,6 +15,7 @@ from exitsim.engine.thread import KPath
 from exitsim.kern.exec import Image, Segment, sys_execve
 from exitsim.kern.exit import userret
 from exitsim.kern.syscall import syscall, user
+from exitsim.machine.machine import DEFAULT_TOTAL_PAGES
 from exitsim.vm.fault import uvm_touch
 
 if TYPE_CHECKING:
@@ -40,6 +41,16 @@ STACK_VPN = 0x7F000000
 #: A replayed process's data and stack (tree.py): its anon pages less these are heap.
 DATA_PAGES = 8
 STACK_PAGES = 16
+
+
+def check_pages(name: str, value: int, least: int = 1) -> None:
+    """A size parameter of a generator: from ``least`` to what the simulated machine
+    holds (more runs out of memory, which is a bad parameter, not a finding)."""
+    if not least <= value <= DEFAULT_TOTAL_PAGES:
+        raise ValueError(
+            f"{name} must be from {least} to {DEFAULT_TOTAL_PAGES} pages, the simulated"
+            f" machine's memory (got {value})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,14 @@ from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process
 from exitsim.vm.fault import uvm_touch
 from exitsim.vm.shm import ShmSegment, shmat, shmctl_rmid, shmdt, shmget
-from exitsim.workloads.program import SHM_VPN, STACK_VPN, Program, compute, exec_and_run
+from exitsim.workloads.program import (
+    SHM_VPN,
+    STACK_VPN,
+    Program,
+    check_pages,
+    compute,
+    exec_and_run,
+)
 
 if TYPE_CHECKING:
     from exitsim.kern.kernel import Kernel
@@ -78,9 +85,10 @@ class ShmParams:
     user_ms: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("groups", "sharers", "segment_pages"):
+        for name in ("groups", "sharers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        check_pages("segment_pages", self.segment_pages)
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)} (got {self.order!r})")
         if self.detach not in DETACHES:
