@@ -183,7 +183,7 @@ def test_a_missing_file_and_a_tree_with_params_are_refused(
         ("cc1_user_ms=1e300", "cc1_user_ms must be"),
         ("as_user_ms=-1", "as_user_ms must be"),
         ("cc1_anon_sigma=1e300", "cc1_anon_sigma must be"),
-        ("cc1_text_pages=-1", "cc1_text_pages must be at least 1"),
+        ("cc1_text_pages=-1", "cc1_text_pages must be from 1"),
     ],
 )
 def test_a_generator_parameter_out_of_range_is_refused(

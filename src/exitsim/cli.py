@@ -759,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             raise UsageError("a command is needed: " + ", ".join(sorted(COMMANDS)))
         return int(COMMANDS[args.command](args))
-    except (UsageError, CostProfileError, ValueError) as e:
+    except (UsageError, CostProfileError) as e:
         if debug:
             traceback.print_exc()
         print(f"exitsim: error: {e}", file=sys.stderr)
