@@ -313,7 +313,10 @@ def test_lenient_skips_and_counts_garbage(
         ("100 1000.1 <... wait4 resumed>) = 0", "no unfinished wait4"),
         ("100 1000.1 +++ killed by SIGNOPE +++", "unknown signal"),
         ("100 1000.1 wait4(-1) = banana", "not a return value"),
-        ('0 1000.1 execve("/bin/y", ["y"], 0x1) = 0', "task id 0"),
+        ('0 1000.1 execve("/bin/y", ["y"], 0x1) = 0', "task ids are 1 to 4194304 (got 0)"),
+        ('5000000 1000.1 execve("/bin/y", ["y"], 0x1) = 0', "task ids are 1 to 4194304"),
+        ("100 1000.1 vfork() = 99999999999", "vfork result: task ids are 1 to"),
+        ("100 1000.1 wait4(-1, NULL, 0, NULL) = 5000000", "wait4 result: task ids are 1 to"),
     ],
 )
 def test_strict_errors_name_the_file_and_line(tmp_path: Path, line: str, why: str) -> None:
@@ -364,7 +367,7 @@ def test_bpftrace_sizes_past_what_a_replay_holds_are_cut_with_a_warning(tmp_path
     assert (cc.file_pages, cc.anon_pages) == (MAX_FILE_PAGES, MAX_ANON_PAGES)
     assert any("1 process larger than a replay holds" in w for w in r.warnings)
     bt.write_text("F 510500000 100 0\n")
-    with pytest.raises(TraceError, match=rf"^{re.escape(str(bt))}:1: child: task ids start at 1"):
+    with pytest.raises(TraceError, match=rf"^{re.escape(str(bt))}:1: child: task ids are 1 to"):
         import_trace(DATA / "unfinished.strace", bt)
 
 

@@ -130,6 +130,7 @@ BAD = [
     (TINY.replace("after = [2, 3]", "after = [2, 9]"), "process[3].after[1]: 9 is not an earlier"),
     (TINY.replace("after = [2, 3]", "after = [1]"), "process[3].after[0]: 1 is not an earlier"),
     (TINY.replace("id = 3", "id = 2"), "process[2].id: 2 is used twice"),
+    (TINY.replace("id = 3", "id = 0"), "process[2].id: Input should be greater than or equal to 1"),
     (TINY.replace('parent = 1\nprogram = "ld"', 'parent = 7\nprogram = "ld"'), "parent: 7"),
     (TINY.replace('program = "make"\n', ""), "process[0].program: a root process must exec"),
     (TINY.replace("start_ms = 2.0", "start_ms = 5.0"), "past its parent's user_ms 4.0"),

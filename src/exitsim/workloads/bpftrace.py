@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exitsim.workloads.tracelines import LineError, Lines
+from exitsim.workloads.tracelines import LineError, Lines, check_tid
 
 #: What ``exitsim record`` runs. The exit tracepoint must see the mm before exit_mm
 #: drops it (true on recent kernels, whose do_exit fires it first); group_dead is
@@ -115,10 +115,7 @@ def _int(text: str, what: str) -> int:
 
 def _task(text: str, what: str) -> int:
     """A task id: a whole number from 1 (0 is the idle task, never a tree's)."""
-    tid = _int(text, what)
-    if tid < 1:
-        raise LineError(f"{what}: task ids start at 1: {text!r}")
-    return tid
+    return check_tid(_int(text, what), what)
 
 
 def _ts(text: str) -> int:

@@ -49,6 +49,8 @@ MAX_FILE_PAGES = min(
 MAX_ANON_PAGES = min(DEFAULT_TOTAL_PAGES, LIBC_VPN - HEAP_VPN + DATA_PAGES + STACK_PAGES)
 MAX_SHM_PAGES = min(DEFAULT_TOTAL_PAGES, STACK_VPN - SHM_VPN)
 
+#: A process id: positive, and within TOML's 64-bit integers so a file can be read back.
+Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
 Ms = Annotated[float, Field(ge=0, le=MAX_MS, allow_inf_nan=False)]
 
 
@@ -63,8 +65,8 @@ class _Strict(BaseModel):
 class ProcessSpec(_Strict):
     """One process of a tree. Times are milliseconds, sizes 4 KiB pages."""
 
-    id: Annotated[int, Field(ge=1)]
-    parent: Annotated[int, Field(ge=1)] | None = None
+    id: Id
+    parent: Id | None = None
     comm: str | None = None
     program: str | None = None
     start_ms: Ms = 0.0

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from exitsim.workloads.tracelines import LineError, Lines
+from exitsim.workloads.tracelines import LineError, Lines, check_tid
 
 #: Linux signal numbers (x86, arm and most others), for ``+++ killed by SIGX +++``.
 SIGNALS: dict[str, int] = {
@@ -139,12 +139,16 @@ def parse_ts(text: str) -> int:
     return int(m.group(1)) * 1_000_000_000 + int(m.group(2).ljust(9, "0"))
 
 
-def _ret(text: str) -> tuple[int | None, str | None]:
+def _ret(name: str, text: str) -> tuple[int | None, str | None]:
+    """A call's return value and errno; a fork's or a wait's positive value is a task
+    id, and is checked as one."""
     m = _RET.fullmatch(text.strip())
     if m is None:
         raise LineError(f"not a return value: {text.strip()!r}")
-    value = m.group(1)
-    return (None if value == "?" else int(value, 0)), m.group(2)
+    value = None if m.group(1) == "?" else int(m.group(1), 0)
+    if value is not None and value > 0 and (name in FORKS or name in WAITS):
+        check_tid(value, f"{name} result")
+    return value, m.group(2)
 
 
 def _exit_status(text: str) -> int:
@@ -195,9 +199,7 @@ def _parse_line(
     m = _HEAD.fullmatch(text)
     if m is None:
         raise LineError("not an strace line (expected `TID SECONDS.USEC ...`, strace -f -ttt)")
-    tid = int(m.group(1) or m.group(2))
-    if tid < 1:
-        raise LineError(f"task id {tid}: task ids start at 1")
+    tid = check_tid(int(m.group(1) or m.group(2)), "task id")
     ts = parse_ts(m.group(3))
     rest = m.group(4)
     if tid in exited:
@@ -233,7 +235,7 @@ def _parse_line(
         if t is None:
             raise LineError(f"{r.group(1)} resumed without `) = RESULT`")
         call.args += " " + t.group(1).replace("<unfinished ...>", "").strip()
-        call.ret, call.errno = _ret(t.group(2))
+        call.ret, call.errno = _ret(call.name, t.group(2))
         call.end, call.end_line = ts, n
         return ts, None
     if (u := _UNFINISHED.fullmatch(rest)) is not None:
@@ -247,7 +249,7 @@ def _parse_line(
         if tid in pending:
             old = pending[tid]
             raise LineError(f"task {tid} calls {c.group(1)} inside {old.name} (line {old.line})")
-        ret, errno = _ret(c.group(3))
+        ret, errno = _ret(c.group(1), c.group(3))
         return ts, Call(tid, c.group(1), c.group(2), ts, n, ts, n, ret, errno)
     raise LineError(f"not a system call, exit or signal: {rest[:60]!r}")
 

@@ -10,6 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+#: Linux's largest task id (PID_MAX_LIMIT on 64-bit, include/linux/threads.h): a larger
+#: number in a trace is not a task.
+MAX_TID = 1 << 22
+
+
+def check_tid(tid: int, what: str) -> int:
+    """``tid`` if it can be a Linux task id (1 to MAX_TID; 0 is the idle task, never a
+    tree's), else LineError naming ``what``."""
+    if not 1 <= tid <= MAX_TID:
+        raise LineError(f"{what}: task ids are 1 to {MAX_TID} (got {tid})")
+    return tid
+
 
 class TraceError(ValueError):
     """A trace that cannot be imported: one line, naming the file (and line)."""
