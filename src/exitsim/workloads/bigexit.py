@@ -52,7 +52,9 @@ from exitsim.vm.fault import uvm_touch
 from exitsim.workloads.program import (
     BIG_VPN,
     LIBC_PAGES,
+    MAX_MS,
     Program,
+    check_time,
     compute,
     exec_and_run,
     fault_in,
@@ -87,9 +89,7 @@ class BigexitParams:
                 f" simulated machine's memory (got {self.big_gib})"
             )
         for name in ("big_user_ms", "job_ms"):
-            v = getattr(self, name)
-            if not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0 (got {v})")
+            check_time(name, getattr(self, name), MAX_MS * 1000 if name.endswith("_us") else MAX_MS)
         if self.workers < 0:
             raise ValueError(f"workers must not be negative (got {self.workers})")
 

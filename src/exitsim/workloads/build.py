@@ -36,8 +36,14 @@ from typing import TYPE_CHECKING
 from exitsim.engine.thread import KPath
 from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process
-from exitsim.workloads.program import LIBC_PAGES, Program, check_pages, exec_and_run
-from exitsim.workloads.spec import MAX_MS
+from exitsim.workloads.program import (
+    LIBC_PAGES,
+    MAX_MS,
+    Program,
+    check_pages,
+    check_time,
+    exec_and_run,
+)
 
 if TYPE_CHECKING:
     from exitsim.kern.kernel import Kernel
@@ -65,9 +71,7 @@ class BuildParams:
         if self.parallel < 0:
             raise ValueError(f"parallel must not be negative (got {self.parallel})")
         for name, top in (("cc1_user_ms", MAX_MS), ("as_user_ms", MAX_MS), *_SIGMAS):
-            v = getattr(self, name)
-            if not math.isfinite(v) or not 0 <= v <= top:
-                raise ValueError(f"{name} must be a finite number from 0 to {top:.10g} (got {v})")
+            check_time(name, getattr(self, name), top)
         check_pages("cc1_text_pages", self.cc1_text_pages)
         check_pages("cc1_anon_pages", self.cc1_anon_pages, 0)
 

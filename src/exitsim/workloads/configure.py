@@ -33,7 +33,6 @@ table "Per command", is "the trace"):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +42,15 @@ from exitsim.kern.fork import fork1, spawn_user_process
 from exitsim.kern.syscall import user
 from exitsim.vm.fault import uvm_touch
 from exitsim.workloads.forkstorm import HELLO_HEAP_PAGES, HELLO_TEXT_PAGES
-from exitsim.workloads.program import LIBC_PAGES, STACK_VPN, Program, compute, exec_and_run
+from exitsim.workloads.program import (
+    LIBC_PAGES,
+    MAX_MS,
+    STACK_VPN,
+    Program,
+    check_time,
+    compute,
+    exec_and_run,
+)
 
 if TYPE_CHECKING:
     from exitsim.kern.kernel import Kernel
@@ -69,9 +76,7 @@ class ConfigureParams:
         if self.subshell_every < 0:
             raise ValueError(f"subshell_every must not be negative (got {self.subshell_every})")
         for name in ("sh_user_ms", "probe_user_ms", "subshell_user_ms"):
-            v = getattr(self, name)
-            if not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0 (got {v})")
+            check_time(name, getattr(self, name), MAX_MS * 1000 if name.endswith("_us") else MAX_MS)
 
     def is_subshell(self, step: int) -> bool:
         """Steps are numbered from 1; every ``subshell_every``-th is a subshell."""

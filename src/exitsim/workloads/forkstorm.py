@@ -37,7 +37,6 @@ table "Per command", is "the trace"):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -46,7 +45,14 @@ from exitsim.kern.exit import sys_exit, sys_wait4, userret
 from exitsim.kern.fork import fork1, spawn_user_process
 from exitsim.kern.syscall import user
 from exitsim.vm.fault import uvm_touch
-from exitsim.workloads.program import STACK_VPN, Program, check_pages, exec_and_run
+from exitsim.workloads.program import (
+    MAX_MS,
+    STACK_VPN,
+    Program,
+    check_pages,
+    check_time,
+    exec_and_run,
+)
 
 if TYPE_CHECKING:
     from exitsim.kern.kernel import Kernel
@@ -80,9 +86,7 @@ class ForkstormParams:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
         for name in ("loop_user_us", "hello_user_us"):
-            v = getattr(self, name)
-            if not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0 (got {v})")
+            check_time(name, getattr(self, name), MAX_MS * 1000 if name.endswith("_us") else MAX_MS)
         check_pages("looper_heap_pages", self.looper_heap_pages)
 
     def modes(self) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ segment: they only have to be distinct, page-table placement follows from them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,18 @@ STACK_VPN = 0x7F000000
 #: A replayed process's data and stack (tree.py): its anon pages less these are heap.
 DATA_PAGES = 8
 STACK_PAGES = 16
+
+
+#: The longest time any workload parameter or field can give (a day, in ms): more is a
+#: mistake, and would run for ever (or overflow) in the simulation.
+MAX_MS = 86_400_000.0
+
+
+def check_time(name: str, value: float, top: float = MAX_MS) -> None:
+    """A time parameter of a generator: a finite number from 0 to ``top`` (a day, in
+    the parameter's own unit)."""
+    if not math.isfinite(value) or not 0 <= value <= top:
+        raise ValueError(f"{name} must be a finite number from 0 to {top:.10g} (got {value})")
 
 
 def check_pages(name: str, value: int, least: int = 1) -> None:

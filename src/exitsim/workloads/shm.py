@@ -42,7 +42,6 @@ Defaults and their sources:
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -59,6 +58,7 @@ from exitsim.workloads.program import (
     STACK_VPN,
     Program,
     check_pages,
+    check_time,
     compute,
     exec_and_run,
 )
@@ -93,8 +93,7 @@ class ShmParams:
             raise ValueError(f"order must be one of {', '.join(ORDERS)} (got {self.order!r})")
         if self.detach not in DETACHES:
             raise ValueError(f"detach must be one of {', '.join(DETACHES)} (got {self.detach!r})")
-        if not math.isfinite(self.user_ms) or self.user_ms < 0:
-            raise ValueError(f"user_ms must be a finite number >= 0 (got {self.user_ms})")
+        check_time("user_ms", self.user_ms)
 
     def processes(self) -> int:
         return self.groups * (1 + self.sharers)

@@ -24,6 +24,7 @@ from exitsim.workloads.program import (
     HEAP_VPN,
     LIBC_PAGES,
     LIBC_VPN,
+    MAX_MS,
     SHM_VPN,
     STACK_PAGES,
     STACK_VPN,
@@ -35,9 +36,6 @@ FORMAT = 1
 #: The name a process tree runs under in a SimConfig.
 TREE = "tree"
 
-#: The longest time a field can give (a day, in ms): more is a mistake, and would run
-#: for ever (or overflow) in the simulation.
-MAX_MS = 86_400_000.0
 #: The most calls of one name a process can make (each is simulated, ~10 us apiece).
 MAX_CALLS = 100_000_000
 #: The most of each kind a replayed process can have resident: what the simulated

@@ -43,7 +43,6 @@ table "Per command", is "the trace"; all its processes were single-threaded):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -54,7 +53,15 @@ from exitsim.kern.exec import sys_execve
 from exitsim.kern.exit import sys___threxit, sys_exit, sys_wait4, userret
 from exitsim.kern.fork import fork1, spawn_user_process, thread_fork
 from exitsim.kern.syscall import user
-from exitsim.workloads.program import LIBC_PAGES, Program, compute, exec_and_run, fault_in
+from exitsim.workloads.program import (
+    LIBC_PAGES,
+    MAX_MS,
+    Program,
+    check_time,
+    compute,
+    exec_and_run,
+    fault_in,
+)
 from exitsim.workloads.tree import WORKER_SLICE_NS
 
 if TYPE_CHECKING:
@@ -85,9 +92,7 @@ class ThreadsParams:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
         for name in ("server_ms", "thread_ms"):
-            v = getattr(self, name)
-            if not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0 (got {v})")
+            check_time(name, getattr(self, name), MAX_MS * 1000 if name.endswith("_us") else MAX_MS)
 
     @property
     def with_servers(self) -> bool:
