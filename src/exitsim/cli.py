@@ -316,6 +316,21 @@ def _echo(console: Any, items: dict[str, Any]) -> None:
         console.print(f"# {key} {value}", highlight=False, markup=False)
 
 
+def _write_outputs(args: argparse.Namespace, results: Any) -> bool:
+    """A run's or a comparison's results to ``-o`` and ``--plot``, and to stdout with
+    ``--json``; True when the JSON was all there is to print."""
+    text = json.dumps(results, sort_keys=True, indent=1) + "\n"
+    if args.output:
+        write_atomic(args.output, text)
+    if args.plot:
+        from exitsim.report.plots import write_plot
+
+        write_plot(results, args.plot)
+    if args.json:
+        sys.stdout.write(text)
+    return bool(args.json)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -342,15 +357,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             write_atomic(args.trace, trace)
         else:
             result = simulate(cfg, progress if show else None)
-    text = json.dumps(result, sort_keys=True, indent=1) + "\n"
-    if args.output:
-        write_atomic(args.output, text)
-    if args.plot:
-        from exitsim.report.plots import write_plot
-
-        write_plot(result, args.plot)
-    if args.json:
-        sys.stdout.write(text)
+    if _write_outputs(args, result):
         return 0
     console = Console(width=max(120, Console().width))
     _echo(console, result["config"])
@@ -399,15 +406,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for cfg in configs[: len(designs)]:
         _validate(cfg)
     results = _map_runs(simulate, configs, args.workers, quiet=args.json or args.quiet)
-    text = json.dumps(results, sort_keys=True, indent=1) + "\n"
-    if args.output:
-        write_atomic(args.output, text)
-    if args.plot:
-        from exitsim.report.plots import write_plot
-
-        write_plot(results, args.plot)
-    if args.json:
-        sys.stdout.write(text)
+    if _write_outputs(args, results):
         return 0
     from rich.console import Console
 

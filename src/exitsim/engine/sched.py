@@ -512,12 +512,7 @@ class Engine:
         if t is None:
             return
         if c.spin_since >= 0:
-            dt = self.now - c.spin_since
-            c.acct[M_SPIN] += dt
-            t.sys_ns += dt
-            t.spin_ns += dt
-            c.spin_since = -1
-            c.spinning_on = None
+            self._spin_end(c, t)
         if c.bcast is not None:
             op = c.bcast
             c.bcast = None

@@ -52,8 +52,8 @@ from exitsim.vm.fault import uvm_touch
 from exitsim.workloads.program import (
     BIG_VPN,
     LIBC_PAGES,
-    MAX_MS,
     Program,
+    check_count,
     check_time,
     compute,
     exec_and_run,
@@ -89,9 +89,8 @@ class BigexitParams:
                 f" simulated machine's memory (got {self.big_gib})"
             )
         for name in ("big_user_ms", "job_ms"):
-            check_time(name, getattr(self, name), MAX_MS * 1000 if name.endswith("_us") else MAX_MS)
-        if self.workers < 0:
-            raise ValueError(f"workers must not be negative (got {self.workers})")
+            check_time(name, getattr(self, name))
+        check_count("workers", self.workers, 0)
 
     def big_pages(self) -> int:
         """The big process's data set, in pages."""

@@ -40,8 +40,9 @@ from exitsim.workloads.program import (
     LIBC_PAGES,
     MAX_MS,
     Program,
+    check_count,
+    check_number,
     check_pages,
-    check_time,
     exec_and_run,
 )
 
@@ -66,12 +67,10 @@ class BuildParams:
     cc1_text_pages: int = 6572 - LIBC_PAGES
 
     def __post_init__(self) -> None:
-        if self.jobs < 1:
-            raise ValueError(f"jobs must be at least 1 (got {self.jobs})")
-        if self.parallel < 0:
-            raise ValueError(f"parallel must not be negative (got {self.parallel})")
+        check_count("jobs", self.jobs)
+        check_count("parallel", self.parallel, 0)
         for name, top in (("cc1_user_ms", MAX_MS), ("as_user_ms", MAX_MS), *_SIGMAS):
-            check_time(name, getattr(self, name), top)
+            check_number(name, getattr(self, name), top)
         check_pages("cc1_text_pages", self.cc1_text_pages)
         check_pages("cc1_anon_pages", self.cc1_anon_pages, 0)
 

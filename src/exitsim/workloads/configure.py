@@ -44,9 +44,9 @@ from exitsim.vm.fault import uvm_touch
 from exitsim.workloads.forkstorm import HELLO_HEAP_PAGES, HELLO_TEXT_PAGES
 from exitsim.workloads.program import (
     LIBC_PAGES,
-    MAX_MS,
     STACK_VPN,
     Program,
+    check_count,
     check_time,
     compute,
     exec_and_run,
@@ -71,12 +71,10 @@ class ConfigureParams:
     subshell_user_ms: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1 (got {self.steps})")
-        if self.subshell_every < 0:
-            raise ValueError(f"subshell_every must not be negative (got {self.subshell_every})")
+        check_count("steps", self.steps)
+        check_count("subshell_every", self.subshell_every, 0)
         for name in ("sh_user_ms", "probe_user_ms", "subshell_user_ms"):
-            check_time(name, getattr(self, name), MAX_MS * 1000 if name.endswith("_us") else MAX_MS)
+            check_time(name, getattr(self, name))
 
     def is_subshell(self, step: int) -> bool:
         """Steps are numbered from 1; every ``subshell_every``-th is a subshell."""

@@ -46,9 +46,9 @@ from exitsim.kern.fork import fork1, spawn_user_process
 from exitsim.kern.syscall import user
 from exitsim.vm.fault import uvm_touch
 from exitsim.workloads.program import (
-    MAX_MS,
     STACK_VPN,
     Program,
+    check_count,
     check_pages,
     check_time,
     exec_and_run,
@@ -79,14 +79,12 @@ class ForkstormParams:
     hello_user_us: float = 100.0
 
     def __post_init__(self) -> None:
-        if self.loopers < 0:
-            raise ValueError(f"loopers must not be negative (got {self.loopers})")
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be at least 1 (got {self.iterations})")
+        check_count("loopers", self.loopers, 0)
+        check_count("iterations", self.iterations)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
         for name in ("loop_user_us", "hello_user_us"):
-            check_time(name, getattr(self, name), MAX_MS * 1000 if name.endswith("_us") else MAX_MS)
+            check_time(name, getattr(self, name))
         check_pages("looper_heap_pages", self.looper_heap_pages)
 
     def modes(self) -> tuple[str, ...]:

@@ -49,11 +49,21 @@ STACK_PAGES = 16
 MAX_MS = 86_400_000.0
 
 
-def check_time(name: str, value: float, top: float = MAX_MS) -> None:
-    """A time parameter of a generator: a finite number from 0 to ``top`` (a day, in
-    the parameter's own unit)."""
+def check_number(name: str, value: float, top: float) -> None:
+    """A generator parameter that must be a finite number from 0 to ``top``."""
     if not math.isfinite(value) or not 0 <= value <= top:
         raise ValueError(f"{name} must be a finite number from 0 to {top:.10g} (got {value})")
+
+
+def check_time(name: str, value: float) -> None:
+    """A time parameter: at most a day, in its own unit (``_ms`` or ``_us``)."""
+    check_number(name, value, MAX_MS * 1000 if name.endswith("_us") else MAX_MS)
+
+
+def check_count(name: str, value: int, least: int = 1) -> None:
+    """A count parameter: a whole number from ``least``."""
+    if value < least:
+        raise ValueError(f"{name} must be at least {least} (got {value})")
 
 
 def check_pages(name: str, value: int, least: int = 1) -> None:

@@ -57,6 +57,7 @@ from exitsim.workloads.program import (
     SHM_VPN,
     STACK_VPN,
     Program,
+    check_count,
     check_pages,
     check_time,
     compute,
@@ -85,9 +86,8 @@ class ShmParams:
     user_ms: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("groups", "sharers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        check_count("groups", self.groups)
+        check_count("sharers", self.sharers)
         check_pages("segment_pages", self.segment_pages)
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)} (got {self.order!r})")

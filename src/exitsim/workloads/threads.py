@@ -55,8 +55,8 @@ from exitsim.kern.fork import fork1, spawn_user_process, thread_fork
 from exitsim.kern.syscall import user
 from exitsim.workloads.program import (
     LIBC_PAGES,
-    MAX_MS,
     Program,
+    check_count,
     check_time,
     compute,
     exec_and_run,
@@ -89,10 +89,9 @@ class ThreadsParams:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
         for name in ("servers", "threads", "churn_threads", "pool"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
+            check_count(name, getattr(self, name))
         for name in ("server_ms", "thread_ms"):
-            check_time(name, getattr(self, name), MAX_MS * 1000 if name.endswith("_us") else MAX_MS)
+            check_time(name, getattr(self, name))
 
     @property
     def with_servers(self) -> bool:

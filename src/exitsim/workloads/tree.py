@@ -146,7 +146,7 @@ class TreeReplay:
         inherited = vm.vm_shm is not None and any(v == SHM_VPN for v, _ in vm.vm_shm.state)
         if not inherited:
             seg = self.shm.get(ps.shm_key) if ps.shm_key else None
-            if seg is None or (seg.removed and seg.shm_nattch == 0) or seg.deallocated:
+            if seg is None or seg.deallocated:  # removed with nobody attached: gone
                 seg = shmget(k.uvm, ps.shm_pages)
                 if ps.shm_key:
                     self.shm[ps.shm_key] = seg
