@@ -331,3 +331,56 @@ def test_a_child_without_exec_writes_the_heap_it_inherited() -> None:
     no_exec = TINY.replace('program = "ld"\n', "")
     assert simulate(tree_config(TINY, 2))["vm"]["cow_copies"] == 0
     assert simulate(tree_config(no_exec, 2))["vm"]["cow_copies"] == 130 - 8 - 16
+
+
+SHARED = """\
+format = 1
+[[process]]
+id = 1
+program = "sh"
+user_ms = 2.0
+file_pages = 400
+anon_pages = 64
+
+[[process]]
+id = 2
+parent = 1
+program = "db"
+start_ms = 0.5
+user_ms = 3.0
+file_pages = 400
+anon_pages = 64
+shm_pages = 512
+shm_key = "K"
+
+[[process]]
+id = 3
+parent = 1
+program = "db"
+start_ms = 0.5
+user_ms = 3.0
+file_pages = 400
+anon_pages = 64
+shm_pages = 256
+shm_key = "K"
+
+[[process]]
+id = 4
+parent = 2
+user_ms = 1.0
+shm_pages = 1024
+"""
+
+
+def test_a_shared_segment_is_written_whole_whatever_size_each_sharer_gives() -> None:
+    """One key, two sizes, and a child without exec that inherits the attachment:
+    each process writes the segment it is attached to, all of it, so both
+    granularities do the same work (a sharer's own size only sizes a new segment)."""
+
+    def work(granularity: str) -> tuple[int, ...]:
+        r = simulate(tree_config(SHARED, 2, granularity=granularity))
+        vm = r["vm"]
+        return (r["processes"]["count"], vm["pages_allocated"], vm["pages_freed"], vm["faults"])
+
+    assert work("exact") == work("range")
+    assert work("range")[0] == 4

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -21,6 +19,7 @@ from exitsim.engine.errors import SimError
 from exitsim.machine.arch import ARCHES
 from exitsim.machine.costs import CostProfile, CostProfileError, load_profile
 from exitsim.machine.machine import GRANULARITIES
+from exitsim.report.files import OutputError, write_atomic
 
 
 class UsageError(Exception):
@@ -253,7 +252,9 @@ def _check_plot(path: str | None) -> None:
     """Refuse a plot file that is not .png or .svg, or whose directory does not exist,
     before any run."""
     _check_dir("--plot", path)
-    if path and Path(path).suffix.lower() not in (".png", ".svg"):
+    from exitsim.report.plots import SUFFIXES
+
+    if path and Path(path).suffix.lower() not in SUFFIXES:
         raise UsageError(f"--plot: {path} must end in .png or .svg")
 
 
@@ -304,7 +305,7 @@ def _validate(cfg: Any) -> None:
 
     try:
         build_kernel(cfg)
-    except (PolicyLoadError, WorkloadError, ValueError) as e:
+    except (PolicyLoadError, WorkloadError) as e:
         raise UsageError(str(e)) from None
 
 
@@ -604,29 +605,6 @@ def _print_steps(steps: list[Any]) -> None:
         print(f"{st.index:>5} {cpu:>4}  {st.thread:10} {st.function:28} {st.op}")
 
 
-def write_atomic(path: str, text: str | bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename: never half-written."""
-    target = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
-    except OSError as e:
-        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
-    try:
-        if isinstance(text, bytes):
-            with os.fdopen(fd, "wb") as fb:
-                fb.write(text)
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-        os.replace(tmp, target)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_profile(path: str | None, arch: str) -> CostProfile | None:
     if path is None:
         return None
@@ -758,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             raise UsageError("a command is needed: " + ", ".join(sorted(COMMANDS)))
         return int(COMMANDS[args.command](args))
-    except (UsageError, CostProfileError) as e:
+    except (UsageError, CostProfileError, OutputError) as e:
         if debug:
             traceback.print_exc()
         print(f"exitsim: error: {e}", file=sys.stderr)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
+from exitsim.report.files import write_atomic
 from exitsim.report.table import workload_text
 from exitsim.vm.uvm import PAGE_SIZE
 
@@ -354,18 +353,9 @@ def render(results: dict[str, Any] | list[dict[str, Any]], fmt: str) -> bytes:
 
 
 def write_plot(results: dict[str, Any] | list[dict[str, Any]], path: str) -> None:
-    """The figure written to ``path``, PNG or SVG by its suffix, whole or not at all
-    (a temporary file beside it, then a rename)."""
+    """The figure written to ``path``, PNG or SVG by its suffix, whole or not at all."""
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"{path}: a plot must end in .png or .svg")
-    data = render(results, suffix[1:])
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, render(results, suffix[1:]))

@@ -31,7 +31,7 @@ table "Per command", is "the trace"):
 | job_ms | 6.3 | the trace: as lifetime p50 6.3 ms (a short job, as a build runs many) |
 | job resident | file 862, anon 416 pages | the trace: X line of as |
 | job syscalls | 20 locked + 60 unlocked per 6.3 ms | assumption, as ``build``'s as |
-| sh resident, startup | file 290, anon 40 pages; 0.5 ms | assumption, as ``build``'s sh |
+| sh resident, startup | file 290, anon 40 pages; 0.5 ms | assumption (``program.SH``) |
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from exitsim.vm.fault import uvm_touch
 from exitsim.workloads.program import (
     BIG_VPN,
     LIBC_PAGES,
+    SH,
     Program,
     check_count,
     check_time,
@@ -67,7 +68,6 @@ if TYPE_CHECKING:
 #: 4 KiB pages in a GiB.
 PAGES_PER_GIB = 1 << 18
 BIG_TEXT_PAGES = 256
-SH = Program("sh", 290 - LIBC_PAGES, 16, 500_000, 20, 20)
 
 
 @dataclass(frozen=True, slots=True)

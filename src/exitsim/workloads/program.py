@@ -101,6 +101,11 @@ class Program:
         )
 
 
+#: A small shell that drives a generator's processes (assumption: file 290 pages with
+#: libc, anon 40: data 8, heap 16, stack 16; 0.5 ms of its own work).
+SH = Program("sh", 290 - LIBC_PAGES, 16, 500_000, 20, 20)
+
+
 def fault_in(k: Kernel, p: Proc, prog: Program, text: int | None = None) -> KPath:
     """The first touches after exec: text (all of it, or its first ``text`` pages) and
     libc read, data, heap and stack written. A partial text is touched in

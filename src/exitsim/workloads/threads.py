@@ -38,7 +38,7 @@ table "Per command", is "the trace"; all its processes were single-threaded):
 | thread_ms | 0.5 | assumption: a short request served by a fresh thread |
 | thread syscalls | 1 locked + 2 unlocked | assumption: open, read and close of one request |
 | churn resident, startup | text 200, heap 512 pages; 1 ms | assumption: a small daemon |
-| sh resident, startup | file 290, anon 40 pages; 0.5 ms | assumption, as ``build``'s sh |
+| sh resident, startup | file 290, anon 40 pages; 0.5 ms | assumption (``program.SH``) |
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from exitsim.kern.exit import sys___threxit, sys_exit, sys_wait4, userret
 from exitsim.kern.fork import fork1, spawn_user_process, thread_fork
 from exitsim.kern.syscall import user
 from exitsim.workloads.program import (
-    LIBC_PAGES,
+    SH,
     Program,
     check_count,
     check_time,
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
     from exitsim.kern.proc import Proc
 
 MODES = ("server", "churn", "both")
-SH = Program("sh", 290 - LIBC_PAGES, 16, 500_000, 20, 20)
 
 
 @dataclass(frozen=True, slots=True)

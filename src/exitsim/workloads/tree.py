@@ -98,68 +98,62 @@ class TreeReplay:
                 self.roots.append(ps)
             else:
                 self.children.setdefault(ps.parent, []).append(ps)
-        self.heap_pages: dict[int, int] = {}  # ps_pid -> heap of its current image
         self.shm: dict[str, ShmSegment] = {}
 
     def start(self) -> None:
         for ps in self.roots:
-            spawn_user_process(self.k, ps.name, self._body(ps), at=ns(ps.start_ms))
+            spawn_user_process(self.k, ps.name, self._body(ps, 0), at=ns(ps.start_ms))
 
-    def _body(self, ps: ProcessSpec) -> Callable[[Proc], KPath]:
-        return lambda p: self.run_process(p, ps)
+    def _body(self, ps: ProcessSpec, heap: int) -> Callable[[Proc], KPath]:
+        return lambda p: self.run_process(p, ps, heap)
 
-    def run_process(self, p: Proc, ps: ProcessSpec) -> KPath:
-        """One process from birth (fork or spawn) to exit."""
+    def run_process(self, p: Proc, ps: ProcessSpec, heap: int) -> KPath:
+        """One process from birth (fork or spawn) to exit; ``heap`` is the size of the
+        heap it inherited (a root, which always execs, inherits none)."""
         k = self.k
-        pr = p.p_p
-        assert pr is not None
         if ps.program is not None:
             prog = program_of(ps, self.text_size[ps.program])
             yield from sys_execve(k, p, prog.image())
-            self.heap_pages[pr.ps_pid] = prog.heap_pages
+            heap = prog.heap_pages
             yield from fault_in(k, p, prog, text_resident(ps))
-        else:
+        elif ps.anon_pages:
             # No exec: with anon pages of its own, the child writes the heap it
             # inherited, all of it (copy on write; range granularity keeps a heap's
             # pages one run, so it is all or nothing).
-            heap = self._inherited(p)
-            self.heap_pages[pr.ps_pid] = heap
-            if ps.anon_pages and heap:
-                yield from uvm_touch(k.uvm, p, p.p_vmspace, HEAP_VPN, heap, write=True)
+            yield from uvm_touch(k.uvm, p, p.p_vmspace, HEAP_VPN, heap, write=True)
         if ps.shm_pages:
             yield from self.attach_shm(p, ps)
         for i in range(1, ps.threads):
             yield from thread_fork(k, p, f"{ps.name}.{i}", self.worker)
-        yield from self.run_plan(p, ps)
-
-    def _inherited(self, p: Proc) -> int:
-        pr = p.p_p
-        assert pr is not None and pr.ps_pptr is not None
-        return self.heap_pages.get(pr.ps_pptr.ps_pid, 0)
+        yield from self.run_plan(p, ps, heap)
 
     def attach_shm(self, p: Proc, ps: ProcessSpec) -> KPath:
         """shmget + shmat (+ IPC_RMID at once, so the segment goes with its last
-        user); a segment already inherited from the parent is used as it is."""
+        user); a segment already inherited from the parent is used as it is. The
+        process writes the whole segment it is attached to: range granularity keeps a
+        segment's pages one run, so it is all or nothing (``shm_pages`` sizes a new
+        segment)."""
         k = self.k
         vm = p.p_vmspace
         assert vm is not None
-        inherited = vm.vm_shm is not None and any(v == SHM_VPN for v, _ in vm.vm_shm.state)
-        if not inherited:
+        attached = [i for v, i in (vm.vm_shm.state if vm.vm_shm else ()) if v == SHM_VPN]
+        if attached:
+            seg = k.uvm.shm_segments[attached[0]]
+        else:
             seg = self.shm.get(ps.shm_key) if ps.shm_key else None
-            if seg is None or seg.deallocated:  # removed with nobody attached: gone
+            fresh = seg is None or seg.deallocated  # removed with nobody attached: gone
+            if fresh:
                 seg = shmget(k.uvm, ps.shm_pages)
                 if ps.shm_key:
                     self.shm[ps.shm_key] = seg
+            assert seg is not None
             yield Run(k.costs.syscall_ns)
             yield from KERNEL_LOCK(k)
             yield from shmat(k.uvm, p, vm, seg, SHM_VPN)
-            if not seg.removed:
+            if fresh:
                 yield from shmctl_rmid(k.uvm, p, seg)
             yield from KERNEL_UNLOCK(k)
-            npages = seg.npages
-        else:
-            npages = ps.shm_pages
-        yield from uvm_touch(k.uvm, p, vm, SHM_VPN, min(npages, ps.shm_pages), write=True)
+        yield from uvm_touch(k.uvm, p, vm, SHM_VPN, seg.npages, write=True)
 
     def worker(self, t: Proc) -> KPath:
         """An extra thread: computes until its process exits and kills it."""
@@ -167,7 +161,7 @@ class TreeReplay:
             yield user(WORKER_SLICE_NS)
             yield from userret(self.k, t)
 
-    def run_plan(self, p: Proc, ps: ProcessSpec) -> KPath:
+    def run_plan(self, p: Proc, ps: ProcessSpec, heap: int) -> KPath:
         """User time cut at the fork points; waits where the tree says; exit."""
         k = self.k
         own = ns(ps.user_ms)
@@ -200,7 +194,7 @@ class TreeReplay:
             for a in c.after:
                 while a not in reaped:
                     yield from wait_one()
-            child = yield from fork1(k, p, c.name, self._body(c))
+            child = yield from fork1(k, p, c.name, self._body(c, heap))
             spec_of[child.ps_pid] = c.id
         yield from run_until(own)
         if calls_done != [locked, unlocked]:
