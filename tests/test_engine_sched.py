@@ -362,6 +362,52 @@ def test_a_thread_woken_from_sleep_cuts_a_user_run_at_once() -> None:
     assert eng.cpus[0].times()["user_ns"] == 10_000
 
 
+def test_an_interrupt_during_the_user_run_does_not_hide_it_from_the_wakeup() -> None:
+    """An IPI handler pushes the user run's end back; the run is still a user run, so
+    a wakeup after it cuts it as before, and the user time stays exact."""
+    eng = Engine(EngineConfig(ncpu=2, quantum_ns=1_000_000, ctxsw_ns=0, ipi_latency_ns=7))
+
+    def sender(me: Thread) -> Body:
+        yield Ipi(targets=(1 - me.cpu,), handler_ns=40)  # type: ignore[operator]
+        yield Run(50_000, SYS)
+
+    # k runs first on cpu0 and goes to sleep; then u takes cpu0 and s cpu1.
+    k = spawn(eng, "k", sleeper, "chan", 50)
+    u = spawn(eng, "u", long_run, 10_000, USER, at=5)
+    spawn(eng, "s", sender, at=5)
+    eng.call_at(100, eng.wakeup, "chan")
+    run_to_end(eng)
+    assert k.exit_ns is not None and k.exit_ns < 1_000
+    assert u.user_ns == 10_000
+    assert sum(c.times()["user_ns"] for c in eng.cpus) == 10_000
+
+
+def test_a_sleeping_lock_handed_over_cuts_a_user_run_too() -> None:
+    """A waiter asleep on an rwlock is woken by the release that hands it the lock:
+    like any wakeup from a kernel sleep, it preempts the user run on its CPU."""
+    eng = Engine(EngineConfig(ncpu=2, quantum_ns=1_000_000, ctxsw_ns=0, ipi_latency_ns=7))
+    rw = RwLock("vmmaplk")
+
+    def holder(me: Thread) -> Body:
+        yield Acquire(rw, EXCLUSIVE)
+        yield Run(100, SYS)
+        yield Release(rw)
+        yield Run(50_000, SYS)
+
+    def waiter(me: Thread) -> Body:
+        yield Acquire(rw, EXCLUSIVE)
+        yield Run(50, SYS)
+        yield Release(rw)
+
+    # h holds the lock on cpu0; w sleeps on it on cpu1, where u then runs.
+    spawn(eng, "h", holder)
+    w = spawn(eng, "w", waiter)
+    u = spawn(eng, "u", long_run, 10_000, USER, at=5)
+    run_to_end(eng)
+    assert w.exit_ns is not None and w.exit_ns < 1_000
+    assert u.user_ns == 10_000
+
+
 def test_a_woken_thread_waits_for_kernel_code_to_yield() -> None:
     """The kernel is not preemptive: a woken thread waits for the sys run to end and
     then gets the CPU at the next Yield, without waiting for the quantum."""

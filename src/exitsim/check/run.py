@@ -17,7 +17,7 @@ from exitsim.engine.explore import (
     run_schedule,
     shrink,
 )
-from exitsim.engine.thread import DEAD, Thread, where
+from exitsim.engine.thread import DEAD, where
 from exitsim.policies.base import Policy
 
 
@@ -123,10 +123,6 @@ def replay(
         n = len(out.points)
         raise ScheduleMismatch(f"step {n}: the run ended with no choice left for {schedule[n]!r}")
     return out, steps
-
-
-def _state(t: Thread) -> str:
-    return ("runnable", "on cpu", f"asleep ({t.wmesg})", "dead")[t.state]
 
 
 def scenario_names(names: list[str]) -> list[Scenario]:

@@ -98,10 +98,6 @@ class Lock:
         """How many levels ``t`` holds (0 or 1 unless the lock is recursive)."""
         return 1 if self.holds(t) else 0
 
-    def cancel(self, t: Thread) -> None:
-        """Remove ``t`` from the queue (it died or the run stopped)."""
-        self.waiters = deque(w for w in self.waiters if w[0] is not t)
-
     # -- the grant rule, per kind --------------------------------------------------
 
     def _check_acquire(self, t: Thread, mode: int) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +60,6 @@ M_SYS = 1
 M_SPIN = 2
 M_IDLE = 3
 M_INTR = 4
-MODE_NAMES = ("user", "sys", "spin", "idle", "intr")  # indices into Cpu.acct
 
 _heappush = heapq.heappush
 _heappop = heapq.heappop
@@ -71,7 +70,6 @@ K_DISPATCH = 1  # an idle CPU picks a thread
 K_INTR = 2  # an IPI reaches a CPU
 K_INTR_DONE = 3  # its handler finishes and acknowledges
 K_CALL = 4  # a plain callback (timers, workload arrivals)
-KIND_NAMES = ("cont", "dispatch", "intr", "intr_done", "call")
 
 
 def op_detail(op: object) -> str:
@@ -212,9 +210,6 @@ class Engine:
         #: (where OpenBSD's idle thread calls ``exit2``).
         self.exit_hook: Callable[[int, Thread], None] | None = None
         self._handlers: dict[type, Callable[[Cpu, Thread, Any], bool]] = {
-            Run: self._op_run,
-            Acquire: self._op_acquire,
-            Release: self._op_release,
             Sleep: self._op_sleep,
             SpinWait: self._op_spinwait,
             Wakeup: self._op_wakeup,
@@ -278,7 +273,9 @@ class Engine:
                 if len(x.runq) < len(c.runq):
                     c = x
             c.runq.append(t)
-            if resched and self.step_each_op is False:
+            # Untimed mode has no quantum and no time in its state key: a wakeup
+            # there must not make the next Yield switch.
+            if resched and not self.step_each_op:
                 self._need_resched(c)
 
     def _need_resched(self, c: Cpu) -> None:
@@ -427,10 +424,12 @@ class Engine:
         self.seq += 1
         heapq.heappush(self.heap, (at, self.seq, kind, a, b))
 
-    def _push_cont(self, c: Cpu, at: int) -> None:
+    def _push_cont(self, c: Cpu, at: int, in_user: bool = False) -> None:
+        """``c`` goes on at ``at`` (after any interrupt handler); ``in_user``: that is
+        the end of a user run, which a wakeup may cut short."""
         if at < c.intr_until:
             at = c.intr_until
-        c.in_user = False
+        c.in_user = in_user
         c.token += 1
         c.cont_at = at
         self.seq += 1
@@ -627,8 +626,7 @@ class Engine:
                 c.slow = True
             c.acct[M_USER] += end - now
             t.user_ns += end - now
-            self._push_cont(c, end)
-            c.in_user = True
+            self._push_cont(c, end, True)
             return False
         c.acct[M_SYS] += ns
         t.sys_ns += ns
@@ -649,11 +647,6 @@ class Engine:
         left = t.run_left
         t.run_left = 0
         self._op_run(c, t, Run(left, USER))
-
-    def _op_acquire(self, c: Cpu, t: Thread, op: Acquire) -> bool:
-        if op.count == 1 and op.lock.acquire(t, op.mode, self.now):
-            return True
-        return self._op_acquire_waits(c, t, op)
 
     def _op_acquire_waits(self, c: Cpu, t: Thread, op: Acquire) -> bool:
         """The rest of Acquire once the plain attempt failed (or was never made, for a
@@ -681,24 +674,12 @@ class Engine:
             self._switch_out(c, t)
             self._dispatch(c)
 
-    def _op_release(self, c: Cpu, t: Thread, op: Release) -> bool:
-        _, granted = op.lock.release(t, op.all_levels, self.now)
-        if granted:
-            self._hand_to(op.lock, granted)
-        return True
-
     def _hand_to(self, lock: Lock, granted: Sequence[Thread]) -> None:
         """Waiters that were just given ``lock`` go on: a spinner on its CPU, a
         sleeper by becoming runnable."""
         for w in granted:
             if w.state == ONPROC:
-                c = self.cpus[w.cpu]  # type: ignore[index]
-                at = self.now if self.now >= c.intr_until else c.intr_until
-                c.token += 1
-                c.cont_at = at
-                c.in_user = False
-                self.seq += 1
-                heapq.heappush(self.heap, (at, self.seq, K_CONT, c.index, c.token))
+                self._push_cont(self.cpus[w.cpu], self.now)  # type: ignore[index]
             else:
                 w.wchan = None
                 self.make_runnable(w, resched=True)
@@ -767,9 +748,7 @@ class Engine:
         if c.idle_since >= 0:
             c.idle_since += h
         if c.cont_at is not None:
-            in_user = c.in_user
-            self._push_cont(c, c.cont_at + h)
-            c.in_user = in_user
+            self._push_cont(c, c.cont_at + h, c.in_user)
         self._push(end, K_INTR_DONE, c.index, payload)
 
     def _on_intr_done(self, c: Cpu, payload: tuple[int, Ipi]) -> None:
@@ -965,6 +944,3 @@ class Engine:
         if stuck:
             desc = "; ".join(f"{t.name} {why}" for t, why in stuck)
             raise Deadlock(f"deadlock at t={self.now}ns: {desc}")
-
-    def live_threads(self) -> Iterable[Thread]:
-        return (t for t in self.threads if t.state != DEAD)

@@ -68,9 +68,8 @@ class NoReaper(Policy):
         while main is not None and main.state != DEAD:
             yield from tsleep(("dead_threads", pr.ps_pid), "zapwait")
         # Free the dead threads' u-areas and structs, then the vmspace, in the waiter.
+        # Each is off its CPU: exit2_without_reaper lists it from the exit hook.
         for t in list(pr.dead_threads):
-            if t.state != DEAD:
-                continue  # still on its way off the CPU; see E6
             pr.dead_threads.remove(t)
             k.meters.unfreed_threads.add(k.now, -1)
             yield from uvm_uarea_free(k, t)

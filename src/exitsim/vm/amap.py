@@ -104,9 +104,6 @@ class VmAmap:
             raise RangeAlignmentError(f"{self}: slots [{start}, {end}) split an anon run")
         return out
 
-    def nused(self) -> int:
-        return len(self.anons)
-
 
 def amap_alloc(uvm: Uvm, nslot: int) -> VmAmap:
     ident = uvm.counters.extra.get("amaps_allocated", 0) + 1

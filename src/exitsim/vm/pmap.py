@@ -269,8 +269,9 @@ def pmap_enter(
     kassert(not pm.destroyed, f"pmap_enter: {pm} destroyed")
     end = vpn + page.npages
     yield from _ptp_alloc(uvm, p, pm, vpn, end)
-    if pm.runs_in(vpn, end):
-        yield from _pmap_replace(uvm, p, pm, vpn, end)
+    runs = pm.runs_in(vpn, end)
+    if runs:
+        yield from _pmap_replace(uvm, p, pm, runs)
     yield Acquire(pm.pm_mtx)
     yield Run(uvm.costs.pte_ns * page.npages)
     pm.ptes[vpn] = Pte(page, writable, wired)
@@ -282,15 +283,15 @@ def pmap_enter(
     yield Release(pm.pm_mtx)
 
 
-def _pmap_replace(uvm: Uvm, p: Thread, pm: Pmap, vpn: int, end: int) -> KPath:
-    """The old mappings in [vpn, end) that ``pmap_enter`` overwrites. In C each fault
+def _pmap_replace(uvm: Uvm, p: Thread, pm: Pmap, runs: list[tuple[int, Pte]]) -> KPath:
+    """The old mappings (``runs``, as ``runs_in`` lists them) that ``pmap_enter``
+    overwrites. In C each fault
     overwrites one PTE in place: the page-table page stays (it is never empty), and the
     page is invalidated alone, arm64 ``ttlb_flush`` (two TLBIs while ``pm_active > 0``),
     amd64 ``pmap_tlb_shootpage`` (invlpg here if loaded here, one IPI to each other CPU
     where the pmap is active). A range-mode run costs what its pages cost one by one:
     never a full flush, and one shootdown per page when there are targets."""
     m = uvm.machine
-    runs = pm.runs_in(vpn, end)
     yield Acquire(pm.pm_mtx)
     for v, pte in runs:
         n = pte.npages
@@ -548,9 +549,3 @@ def pmap_remove_pages(uvm: Uvm, p: Thread, pm: Pmap) -> KPath:
         uvm.counters.ptes_removed += n
         _speculative_fill(uvm, pm, vpn, pte)
     yield Release(pm.pm_mtx)
-
-
-def pmap_update(pm: Pmap) -> None:
-    """Finish deferred pmap work. A no-op on arm64 (pmap.c 1.113); the model's amd64
-    pmap waits for its shootdowns inside ``pmap_remove``, so nothing is deferred there
-    either."""

@@ -86,10 +86,19 @@ class ImportResult:
 
     spec: WorkloadSpec
     warnings: list[str]
-    processes: int
-    programs: int
     span_ms: float
-    user_ms: float
+
+    @property
+    def processes(self) -> int:
+        return len(self.spec.process or ())
+
+    @property
+    def programs(self) -> int:
+        return len({p.program for p in self.spec.process or () if p.program})
+
+    @property
+    def user_ms(self) -> float:
+        return sum(p.user_ms for p in self.spec.process or ())
 
     def summary(self) -> str:
         return (
@@ -129,7 +138,7 @@ def import_trace(
         end = max(end, _join_bpf(procs, tasks, warnings))
     unexited = _finish(procs, cap.first_tid, end, warnings)
     where = cap.path + (f" and {bpftrace_path}" if bpftrace_path is not None else "")
-    rows, user_ms = _rows(procs, cap.first_tid, where)
+    rows = _rows(procs, cap.first_tid, where)
     root = procs[cap.first_tid]
     programs = len({p.program for p in procs.values() if p.program})
     span_ms = _ms(end - (root.birth or cap.start))
@@ -152,7 +161,7 @@ def import_trace(
         spec = parse_workload(data, f"import of {cap.path}")
     except WorkloadFileError as e:
         raise TraceError(f"the imported tree is not valid (a bug in the importer): {e}") from None
-    return ImportResult(spec, warnings, len(rows), programs, span_ms, user_ms)
+    return ImportResult(spec, warnings, span_ms)
 
 
 def _ms(ns: int) -> float:
@@ -420,8 +429,8 @@ def _order(procs: dict[int, Traced]) -> list[Traced]:
     return out
 
 
-def _rows(procs: dict[int, Traced], root: int, where: str) -> tuple[list[dict[str, Any]], float]:
-    """The ``[[process]]`` tables, and the total user time; errors name ``where``."""
+def _rows(procs: dict[int, Traced], root: int, where: str) -> list[dict[str, Any]]:
+    """The ``[[process]]`` tables; errors name ``where``."""
     order = _order(procs)
     if len(order) != len(procs):
         raise TraceError(f"{where}: the process tree has a cycle (pids reused in the capture?)")
@@ -464,7 +473,7 @@ def _rows(procs: dict[int, Traced], root: int, where: str) -> tuple[list[dict[st
         row["shm_pages"] = shm_pages
         row["exit_status"] = p.exit_status
         rows.append(row)
-    return rows, round(sum(user.values()), 3)
+    return rows
 
 
 def _start(parent: Traced, kid: Traced) -> float:

@@ -1,8 +1,8 @@
 """Workloads by name: each puts its processes on a fresh kernel at time 0.
 
-A generator's parameters are a frozen dataclass; they are checked with pydantic (types
-strict, unknown keys refused) so ``--param`` and a workload file's ``[generator]``
-table give the same one-line errors.
+A generator's parameters are a frozen dataclass; they are checked with pydantic (in its
+lax mode, as ``--param`` gives strings or numbers; unknown keys refused) so ``--param``
+and a workload file's ``[generator]`` table give the same one-line errors.
 """
 
 from __future__ import annotations
