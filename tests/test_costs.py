@@ -8,6 +8,7 @@ in the profile"). A malformed profile is refused with one line naming the file a
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -296,3 +297,10 @@ def test_load_profile_refuses_a_missing_file_naming_its_path(tmp_path) -> None:
 def test_cost_profile_error_is_a_value_error() -> None:
     """Callers that treat bad input as ValueError (usage errors, exit code 2) catch it."""
     assert issubclass(CostProfileError, ValueError)
+
+
+def test_a_profile_that_is_not_text_is_refused_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe arch = 1\n")
+    with pytest.raises(CostProfileError, match=r"bad\.toml: not UTF-8 text"):
+        load_profile(bad)

@@ -121,6 +121,8 @@ def load_profile(path: str | Path) -> CostProfile:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise CostProfileError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise CostProfileError(f"{path}: not UTF-8 text") from None
     return parse_profile(text, str(path))
 
 
