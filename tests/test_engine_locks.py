@@ -533,3 +533,180 @@ def test_kernel_lock_statistics_count_a_recursive_hold_once() -> None:
         "hold_ns": 65,
         "max_hold_ns": 60,
     }
+
+
+# -- the hand-off of a spin lock between CPUs ------------------------------------------
+
+HANDOFF = 37  # ns; odd so that it cannot be mistaken for any other cost in these tests
+
+
+def handoff_pair(handoff: int) -> tuple[Engine, TicketLock, Thread, Thread, list[tuple[str, int]]]:
+    """cpu0 holds the kernel lock 0..100; cpu1 asks for it at 10, spins, holds it 10."""
+    eng = make_engine(ncpu=2, lock_handoff_ns=handoff)
+    kl = TicketLock("kernel_lock")
+    grants: list[tuple[str, int]] = []
+
+    def late(me: Thread) -> Body:
+        yield Run(10)
+        yield from critical(eng, kl, 10, grants)(me)
+
+    holder = spawn(eng, "holder", critical(eng, kl, 100, grants))
+    waiter = spawn(eng, "waiter", late)
+    run_to_end(eng)
+    return eng, kl, holder, waiter, grants
+
+
+def test_a_spinner_granted_a_lock_goes_on_lock_handoff_ns_after_the_release() -> None:
+    """The next owner sees the release only once the lock's cache line reaches its CPU:
+    it spins lock_handoff_ns longer, and the lock's wait counts the transfer."""
+    eng0, kl0, _, waiter0, grants0 = handoff_pair(0)
+    eng, kl, _, waiter, grants = handoff_pair(HANDOFF)
+    assert grants0 == [("holder", 0), ("waiter", 100)]
+    assert grants == [("holder", 0), ("waiter", 100 + HANDOFF)]
+    assert waiter0.spin_ns == 90
+    assert waiter.spin_ns == 90 + HANDOFF
+    assert eng.cpus[1].acct[M_SPIN] == 90 + HANDOFF
+    assert kl.stats.contended == kl0.stats.contended == 1
+    assert kl.stats.wait_ns == kl0.stats.wait_ns + HANDOFF == 90 + HANDOFF
+    assert kl.stats.max_wait_ns == 90 + HANDOFF
+    # The hold starts when the new owner has the line: the transfer is not held time.
+    assert kl.stats.hold_ns == kl0.stats.hold_ns == 100 + 10
+    assert eng.now == eng0.now + HANDOFF
+
+
+def test_the_releasing_cpu_is_charged_nothing_for_a_hand_off() -> None:
+    """Only the spinner waits for the line; the releaser goes on at once."""
+    eng0, _, holder0, _, _ = handoff_pair(0)
+    eng, _, holder, _, _ = handoff_pair(HANDOFF)
+    assert (holder.sys_ns, holder.spin_ns, holder.exit_ns) == (100, 0, 100)
+    assert (holder0.sys_ns, holder0.spin_ns, holder0.exit_ns) == (100, 0, 100)
+    assert eng.cpus[0].acct[:3] == eng0.cpus[0].acct[:3] == [0, 100, 0]
+    for e in (eng0, eng):
+        assert all(sum(c.acct) == e.now for c in e.cpus)
+
+
+def ping_pong(handoff: int, rounds: int) -> tuple[Engine, TicketLock, list[Thread]]:
+    """Two CPUs take turns: every acquisition but the first finds the lock held."""
+    eng = make_engine(ncpu=2, lock_handoff_ns=handoff)
+    kl = TicketLock("kernel_lock")
+
+    def body(me: Thread) -> Body:
+        for _ in range(rounds):
+            yield Acquire(kl)
+            yield Run(100)
+            yield Release(kl)
+            yield Run(5)
+
+    threads = [spawn(eng, name, body) for name in ("a", "b")]
+    run_to_end(eng)
+    return eng, kl, threads
+
+
+def test_each_contended_hand_off_adds_lock_handoff_ns_to_the_serial_path() -> None:
+    """With the lock always wanted, the run gets longer by exactly one transfer per
+    contended hand-off, and the lock's wait is still what its spinners spun."""
+    eng0, kl0, threads0 = ping_pong(0, rounds=4)
+    eng, kl, threads = ping_pong(HANDOFF, rounds=4)
+    handoffs = kl.stats.contended
+    assert handoffs == kl0.stats.contended == 2 * 4 - 1
+    assert eng.now == eng0.now + handoffs * HANDOFF
+    assert kl.stats.hold_ns == kl0.stats.hold_ns == 8 * 100
+    for k, ts in ((kl0, threads0), (kl, threads)):
+        assert k.stats.wait_ns == sum(t.spin_ns for t in ts)
+    spin0 = sum(t.spin_ns for t in threads0)
+    # Each waiter also waits out the transfer to the owner before it, except the first.
+    assert sum(t.spin_ns for t in threads) == spin0 + HANDOFF + 2 * HANDOFF * (handoffs - 1)
+
+
+def test_an_uncontended_acquire_costs_nothing_extra() -> None:
+    """No waiter, no transfer to wait for: lock_handoff_ns changes nothing."""
+    runs = []
+    for handoff in (0, HANDOFF):
+        eng = make_engine(ncpu=2, lock_handoff_ns=handoff)
+        kl = TicketLock("kernel_lock")
+        m = SpinMutex("m")
+        grants: list[tuple[str, int]] = []
+        t1 = spawn(eng, "t1", critical(eng, kl, 100, grants))
+        t2 = spawn(eng, "t2", critical(eng, m, 50, grants))
+        t3 = spawn(eng, "t3", critical(eng, kl, 10, grants), at=200)
+        run_to_end(eng)
+        assert kl.stats.contended == m.stats.contended == 0
+        runs.append((grants, eng.now, [t.spin_ns for t in (t1, t2, t3)], kl.stats.as_dict()))
+    assert runs[0] == runs[1]
+
+
+def test_a_spinner_retaking_the_kernel_lock_after_a_sleep_waits_for_the_line() -> None:
+    """The slow path (the kernel lock taken back after a switch) goes on lock_handoff_ns
+    after the release too."""
+    seen: dict[int, tuple[list[int], int, int | None]] = {}
+    for handoff in (0, HANDOFF):
+        eng = make_engine(ncpu=2, lock_handoff_ns=handoff)
+        kl = TicketLock("kernel_lock")
+        back: list[int] = []
+
+        def sleeper(me: Thread, kl: TicketLock = kl, back: list[int] = back) -> Body:
+            yield Acquire(kl)
+            yield Acquire(kl)
+            yield Sleep("chan")
+            back.append(kl.depth(me))
+            yield Release(kl, all_levels=True)
+
+        def waker(me: Thread, kl: TicketLock = kl) -> Body:
+            yield Run(10)
+            yield Acquire(kl)
+            yield Wakeup("chan")
+            yield Run(40)
+            yield Release(kl)
+
+        sl = spawn(eng, "sleeper", sleeper)
+        spawn(eng, "waker", waker)
+        run_to_end(eng)
+        seen[handoff] = (back, sl.spin_ns, sl.exit_ns)
+    assert seen[0] == ([2], 40, 50)
+    assert seen[HANDOFF] == ([2], 40 + HANDOFF, 50 + HANDOFF)
+
+
+def test_a_sleeper_handed_a_lock_pays_no_hand_off() -> None:
+    """A sleeping lock's waiter becomes runnable at the release; its switch dominates."""
+    runs = []
+    for handoff in (0, HANDOFF):
+        eng = make_engine(ncpu=2, ctxsw_ns=5, lock_handoff_ns=handoff)
+        rw = RwLock("vmmaplk")
+        grants: list[tuple[str, int]] = []
+        spawn(eng, "writer", critical(eng, rw, 100, grants))
+        spawn(eng, "reader", critical(eng, rw, 10, grants, SHARED), at=10)
+        run_to_end(eng)
+        runs.append((grants, eng.now, rw.stats.as_dict()))
+    assert runs[0] == runs[1]
+    assert runs[0][0] == [("writer", 5), ("reader", 110)]
+
+
+def test_untimed_mode_ignores_lock_handoff_ns() -> None:
+    """The interleaving explorer keeps no time in its state: a hand-off there is
+    instant, so the same schedule gives the same steps whatever the profile says."""
+    runs = []
+    for handoff in (0, HANDOFF):
+        eng = make_engine(ncpu=2, step_each_op=True, lock_handoff_ns=handoff, record=True)
+        assert eng.handoff == 0
+        kl = TicketLock("kernel_lock")
+        grants: list[tuple[str, int]] = []
+        spawn(eng, "a", critical(eng, kl, 100, grants))
+        spawn(eng, "b", critical(eng, kl, 10, grants))
+        while eng.step_untimed():
+            pass
+        runs.append((grants, eng.now, eng.log))
+    assert runs[0] == runs[1]
+
+
+def test_engine_config_refuses_a_negative_lock_handoff() -> None:
+    with pytest.raises(ValueError, match="lock_handoff_ns must not be negative"):
+        EngineConfig(ncpu=2, lock_handoff_ns=-1)
+
+
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_the_machine_passes_its_profile_lock_handoff_to_the_engine(arch: str) -> None:
+    from exitsim.machine.costs import builtin_profile
+    from exitsim.machine.machine import Machine
+
+    cfg = Machine(arch, 2).engine_config()
+    assert cfg.lock_handoff_ns == builtin_profile(arch).costs.lock_handoff_ns > 0

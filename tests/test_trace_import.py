@@ -204,7 +204,8 @@ def test_the_designs_on_the_lua_build_as_docs_designs_says(lua: ImportResult) ->
     two broadcast TLBIs per resident page in each exit (hundreds of times the reaper's
     traffic, a far longer p99 exit), pmap_purge brings it back to within a few
     percent; on amd64 the purge designs invalidate and fully flush more on their own
-    CPU, and charge a little more sys per process."""
+    CPU, and their processes' threads spend a little more sys time, which wait4 does
+    not report."""
     workload, params = to_config(lua.spec)
 
     def run(policy: str, arch: str) -> dict[str, Any]:
@@ -223,8 +224,14 @@ def test_the_designs_on_the_lua_build_as_docs_designs_says(lua: ImportResult) ->
     amd = {p: run(p, "amd64") for p in ("reaper", "purge")}
     for key in ("page_invalidations", "full_flushes"):
         assert amd["purge"]["tlb"][key] > amd["reaper"]["tlb"][key]
-    sys_mean = {p: r["processes"]["charged_sys_ns_mean"] for p, r in amd.items()}
-    assert sys_mean["reaper"] < sys_mean["purge"] < 1.2 * sys_mean["reaper"]
+    # The teardown moves into each process: its threads' sys time grows a little;
+    # what wait4 reports hardly moves, since exit1 folds its times before the purge
+    # (kern_exit.c 1.224 on) and the purge reaches ps_tu only after calcru.
+    thread = {p: r["processes"]["thread_sys_ns_mean"] for p, r in amd.items()}
+    wait4 = {p: r["processes"]["charged_sys_ns_mean"] for p, r in amd.items()}
+    assert thread["reaper"] < thread["purge"] < 1.2 * thread["reaper"]
+    moved = thread["purge"] - thread["reaper"]
+    assert abs(wait4["purge"] - wait4["reaper"]) * 10 < moved
 
 
 def test_import_is_deterministic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

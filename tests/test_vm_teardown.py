@@ -23,7 +23,7 @@ from exitsim.engine.errors import InvariantViolation
 from exitsim.engine.ops import USER, Acquire, Release, Run, Sleep, Wakeup
 from exitsim.engine.sched import Engine
 from exitsim.engine.thread import Thread
-from exitsim.vm import amap as amap_mod
+from exitsim.vm import anon as anon_mod
 from exitsim.vm import map as map_mod
 from exitsim.vm import pmap as pmap_mod
 from exitsim.vm import shm as shm_mod
@@ -974,12 +974,13 @@ def test_amd64_shootdown_ipis_reach_the_cpu_where_a_sibling_runs_the_pmap(
     out: dict[str, Any] = {}
     ptp_frees: list[tuple[int, int]] = []
 
-    def at_free(uvm: Any, p: Thread, pages: list[Any]) -> None:
-        if pages and pages[0].kind == PTP and "vm" in out:
+    def at_free(uvm: Any, p: Thread, page: Any) -> None:
+        if page.kind == PTP and "vm" in out:
             tag = out["vm"].pmap.tag
             ptp_frees.append((kit.machine.stats.ipis, kit.machine.tlb.count(1, tag)))
 
-    spy_gen(monkeypatch, pmap_mod, "uvm_pglistfree", before=at_free)
+    # amd64 frees each empty page-table page with uvm_pagefree after the shootdown.
+    spy_gen(monkeypatch, pmap_mod, "uvm_pagefree", before=at_free)
 
     def main(me: Thread) -> Body:
         vm = yield from start_process(kit, me, "A")
@@ -1186,12 +1187,13 @@ def test_old_reaper_order_frees_pages_under_stale_tlb_entries_of_a_dead_pmap_saf
     kit = make_kit(arch)
     flags = Flags()
     out: dict[str, Any] = {}
-    frees: list[tuple[int | None, list[bool]]] = []
+    frees: list[tuple[int | None, bool]] = []
 
-    def at_free(uvm: Any, p: Thread, pages: list[Any]) -> None:
-        frees.append((p.cpu, [uvm.tlb.reaches(pg.ppn, pg.npages) for pg in pages]))
+    def at_free(uvm: Any, p: Thread, pg: Any) -> None:
+        frees.append((p.cpu, uvm.tlb.reaches(pg.ppn, pg.npages)))
 
-    spy_gen(monkeypatch, amap_mod, "uvm_pglistfree", before=at_free)
+    # amap_wipeout frees each anon's page as it goes (uvm_anfree, uvm_amap.c 1.97).
+    spy_gen(monkeypatch, anon_mod, "uvm_pagefree", before=at_free)
 
     def exiting(me: Thread) -> Body:
         vm = yield from start_process(kit, me, "A")
@@ -1216,7 +1218,7 @@ def test_old_reaper_order_frees_pages_under_stale_tlb_entries_of_a_dead_pmap_saf
     kit.run()
     assert (out["cpu"], out["reaper_cpu"]) == (0, 1)
     assert out["cached"] == 8
-    assert frees == [(1, [True] * 8)]  # every anon page freed under a stale entry
+    assert frees == [(1, True)] * 8  # every anon page freed under a stale entry
     assert kit.uvm.physmem.in_use[ANON] == 0
     assert out["reap"]["page_invalidations"] == 0
     assert out["reap"]["ipis"] == 0

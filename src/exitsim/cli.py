@@ -151,6 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="designs, arches and workloads, a line each")
 
+    cs = sub.add_parser("costs", help="the cost profile: every value, its meaning and source")
+    cs.add_argument(
+        "--arch", choices=sorted(ARCHES), help="one arch's profile (default: amd64, then arm64)"
+    )
+    cs.add_argument("--profile", metavar="FILE", help="a cost profile TOML instead of the built-in")
+    cs.add_argument("--json", action="store_true", help="print a JSON list, an object per profile")
+
+    cl = sub.add_parser("claims", help="the seed thread's claims over arches, CPUs and seeds")
+    cl.add_argument("--seeds", type=_positive, default=5, help="seeds 0..N-1 (default 5)")
+    cl.add_argument("--cpus", default="4,8,16,32", help="CPU counts (default 4,8,16,32)")
+    cl.add_argument("--claim", action="append", metavar="KEY", help="only this claim (repeatable)")
+    cl.add_argument("--workers", type=_positive, default=1, help="parallel processes")
+    cl.add_argument("--json", action="store_true", help="print the table as JSON")
+    cl.add_argument("-o", "--output", metavar="FILE", help="write the table as JSON to FILE")
+
     rp = sub.add_parser("report", help="an HTML page of a result file (run -o or compare -o)")
     rp.add_argument("result", metavar="RESULT.json", help="what run -o or compare -o wrote")
     rp.add_argument("-o", "--output", metavar="FILE", required=True, help="the HTML page")
@@ -472,6 +487,70 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_costs(args: argparse.Namespace) -> int:
+    from exitsim.machine.costs import builtin_profile, describe_profile
+
+    if args.profile is not None:
+        prof = load_profile(args.profile)
+        if args.arch is not None and prof.arch != args.arch:
+            raise UsageError(
+                f"{args.profile}: profile is for {prof.arch}, but --arch is {args.arch}"
+            )
+        profiles = [prof]
+    else:
+        profiles = [builtin_profile(a) for a in ([args.arch] if args.arch else ["amd64", "arm64"])]
+    described = [describe_profile(p) for p in profiles]
+    if args.json:
+        print(json.dumps(described, indent=1))
+        return 0
+    for i, d in enumerate(described):
+        if i:
+            print()
+        print(f"# arch {d['arch']}")
+        print(f"# profile {d['path']}")
+        print(f"# {d['description']}")
+        for key, c in d["costs"].items():
+            print(f"{key} = {c['value']:,} {c['unit']}  [{c['kind']}]")
+            print(f"    {c['meaning']}")
+            print(f"    source: {c['source']}")
+        print(f"{d['arch']}: {d['assumptions']} of {len(d['costs'])} values are assumptions")
+    return 0
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    from exitsim.report import claims as cl
+
+    _check_dir("--output", args.output)
+    try:
+        cpus = tuple(int(x) for x in args.cpus.split(",") if x)
+    except ValueError:
+        raise UsageError(f"--cpus: not a list of whole numbers: {args.cpus!r}") from None
+    if not cpus or any(not 1 <= n <= 256 for n in cpus) or len(set(cpus)) != len(cpus):
+        raise UsageError(f"--cpus: each must be 1..256, each once (got {args.cpus})")
+    chosen = cl.CLAIMS
+    if args.claim:
+        known = {c.key: c for c in cl.CLAIMS}
+        for key in args.claim:
+            if key not in known:
+                raise UsageError(f"--claim: unknown claim {key!r} (known: {', '.join(known)})")
+        chosen = tuple(known[k] for k in dict.fromkeys(args.claim))
+    seeds = tuple(range(args.seeds))
+    configs = cl.needed_configs(chosen, cpus, seeds)
+    from exitsim.sim import simulate
+
+    runs = _map_runs(simulate, configs, args.workers, quiet=args.json)
+    results = {cl.config_key(c): r for c, r in zip(configs, runs, strict=True)}
+    cells = cl.evaluate(results, chosen, cpus, seeds)
+    text = json.dumps([c.as_dict() for c in cells], indent=1) + "\n"
+    if args.output:
+        write_atomic(args.output, text)
+    if args.json:
+        sys.stdout.write(text)
+    else:
+        sys.stdout.write(cl.markdown(cells, chosen) + "\n")
+    return 0
+
+
 def _policy_maker(args: argparse.Namespace) -> Any:
     from exitsim.policies.registry import PolicyLoadError, get_policy, load_policy_file
 
@@ -721,6 +800,8 @@ COMMANDS: dict[str, Any] = {
     "run": cmd_run,
     "compare": cmd_compare,
     "list": cmd_list,
+    "claims": cmd_claims,
+    "costs": cmd_costs,
     "check": cmd_check,
     "report": cmd_report,
     "trace": cmd_trace,

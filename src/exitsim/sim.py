@@ -9,6 +9,7 @@ from typing import Any
 
 from exitsim.engine.errors import SimError
 from exitsim.kern.kernel import Kernel
+from exitsim.machine.costs import builtin_profile, with_overrides
 from exitsim.machine.machine import DEFAULT_TOTAL_PAGES, Machine
 from exitsim.policies.base import Policy
 from exitsim.policies.registry import get_policy, load_policy_file
@@ -31,11 +32,15 @@ class SimConfig:
     policy_file: str | None = None
     debug: bool = False
     total_pages: int = DEFAULT_TOTAL_PAGES
+    #: Cost values that replace the arch profile's, by key (sensitivity runs).
+    cost_overrides: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if self.policy_file is None:
             del d["policy_file"]
+        if not self.cost_overrides:
+            del d["cost_overrides"]
         return d
 
 
@@ -49,7 +54,10 @@ def build_kernel(cfg: SimConfig, **kernel_kw: Any) -> Kernel:
     """The machine and kernel a config describes, with its workload started."""
     if cfg.cpus < 1:
         raise ValueError(f"cpus must be at least 1 (got {cfg.cpus})")
-    machine = Machine(cfg.arch, cfg.cpus, cfg.granularity)
+    profile = None
+    if cfg.cost_overrides:
+        profile = with_overrides(builtin_profile(cfg.arch), cfg.cost_overrides)
+    machine = Machine(cfg.arch, cfg.cpus, cfg.granularity, profile)
     k = Kernel(machine, make_policy(cfg), total_pages=cfg.total_pages, debug=cfg.debug, **kernel_kw)
     k.config = cfg
     k.start_kernel_threads()

@@ -92,12 +92,14 @@ class EngineConfig:
     """What the engine itself needs to know; costs come from the machine profile.
 
     ``quantum_ns`` default: OpenBSD's ``roundrobin`` runs every hz/10 ticks, i.e. 100 ms
-    (sched_bsd.c); ``ctxsw_ns`` and ``ipi_latency_ns`` are set by the arch profile.
+    (sched_bsd.c); ``ctxsw_ns``, ``lock_handoff_ns`` and ``ipi_latency_ns`` are set by
+    the arch profile. ``lock_handoff_ns`` is not applied in untimed mode.
     """
 
     ncpu: int
     quantum_ns: int = 100_000_000
     ctxsw_ns: int = 0
+    lock_handoff_ns: int = 0
     ipi_latency_ns: int = 0
     step_each_op: bool = False
     record: bool = False
@@ -105,7 +107,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.ncpu < 1:
             raise ValueError(f"ncpu must be at least 1 (got {self.ncpu})")
-        for name in ("quantum_ns", "ctxsw_ns", "ipi_latency_ns"):
+        for name in ("quantum_ns", "ctxsw_ns", "lock_handoff_ns", "ipi_latency_ns"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.quantum_ns == 0:
@@ -122,6 +124,7 @@ class Cpu:
         "runq",
         "acct",
         "spin_since",
+        "lock_wait_from",
         "idle_since",
         "slow",
         "token",
@@ -145,6 +148,8 @@ class Cpu:
         # user, sys (without interrupts), spin, idle, interrupt; see the module doc.
         self.acct = [0, 0, 0, 0, 0]
         self.spin_since = -1  # when the current spin began, or -1
+        # When the current wait for a spin lock began (spin_since moves with interrupts).
+        self.lock_wait_from = 0
         self.idle_since = 0  # when the current idle stretch began, or -1
         # Set while the next continuation needs more than resuming the generator
         # (end a spin or a broadcast, retake locks, go on with a cut user run).
@@ -203,6 +208,8 @@ class Engine:
         self.quantum = config.quantum_ns
         self.ctxsw = config.ctxsw_ns
         self.step_each_op = config.step_each_op
+        # Untimed mode keeps no time in its state key, so a hand-off there is instant.
+        self.handoff = 0 if config.step_each_op else config.lock_handoff_ns
         #: Called as ``switch_hook(cpu_index, thread)`` when a thread goes on a CPU, and
         #: with ``None`` when it leaves; the machine layer uses it for the loaded pmap.
         self.switch_hook: Callable[[int, Thread | None], None] | None = None
@@ -490,6 +497,7 @@ class Engine:
 
     def _spin_begin(self, c: Cpu, lock: Lock | None) -> None:
         c.spin_since = self.now
+        c.lock_wait_from = self.now
         c.spinning_on = lock
         c.slow = True
 
@@ -577,6 +585,7 @@ class Engine:
                         if op.count == 1 and op.lock.spins:
                             # NOTE: the common wait, spinning, inlined for speed.
                             c.spin_since = now
+                            c.lock_wait_from = now
                             c.spinning_on = op.lock
                             c.slow = True
                             return
@@ -675,14 +684,32 @@ class Engine:
             self._dispatch(c)
 
     def _hand_to(self, lock: Lock, granted: Sequence[Thread]) -> None:
-        """Waiters that were just given ``lock`` go on: a spinner on its CPU, a
-        sleeper by becoming runnable."""
+        """Waiters that were just given ``lock`` go on: a spinner on its CPU once the
+        release reaches it, ``lock_handoff_ns`` later (the lock's cache line moves from
+        the releasing CPU to the spinner's, which spins until then); a sleeper by
+        becoming runnable (its switch costs far more than the line)."""
+        h = self.handoff
         for w in granted:
             if w.state == ONPROC:
-                self._push_cont(self.cpus[w.cpu], self.now)  # type: ignore[index]
+                c = self.cpus[w.cpu]  # type: ignore[index]
+                if h:
+                    self._account_handoff(c, lock, h)
+                self._push_cont(c, self.now + h)
             else:
                 w.wchan = None
                 self.make_runnable(w, resched=True)
+
+    def _account_handoff(self, c: Cpu, lock: Lock, h: int) -> None:
+        """The lock granted the spinner on ``c`` at the release; it holds it only once
+        the line arrives, ``h`` later. Its wait takes the transfer in and its hold
+        starts then, as a waiter-side lock profiler (lockstat) would count them."""
+        st = lock.stats
+        st.wait_ns += h
+        waited = self.now + h - c.lock_wait_from
+        if waited > st.max_wait_ns:
+            st.max_wait_ns = waited
+        if isinstance(lock, (TicketLock, SpinMutex)):
+            lock.since += h
 
     def _check_may_sleep(self, t: Thread, interlock: Lock | None, what: str) -> None:
         if t.nosleep:

@@ -41,6 +41,8 @@ from exitsim.kern.proc import (
     PS_ZOMBIE,
     SAS_NOCLDWAIT,
     SDEAD,
+    TUAGG_AT_STEP4,
+    TUAGG_AT_STEP10,
     Proc,
     Process,
 )
@@ -117,6 +119,77 @@ def uvm_purge_checked(k: Kernel, p: Proc, with_pmap_purge: bool) -> KPath:
     yield from uvm_purge(k.uvm, p, pr.ps_vmspace, with_pmap_purge)
 
 
+# -- exit1 step 6 for the process, one function per step of kern_exit.c ----------------
+# Each runs once, for the main thread, under the kernel lock exit1 holds, and charges
+# its cost-profile figure (docs/model.md "System call and exit1 costs" has the sources)
+# for what the process holds: ``ps_nfiles``, ``ps_semundo``, ``ps_unveil_paths``
+# (kern/proc.py says where their defaults come from).
+
+#: Process accounting: GENERIC has ``option ACCOUNTING``, so exit1 always calls
+#: ``acct_process``, but it writes a record only once accton(8) has turned accounting
+#: on, which an installed system does not do (rc.conf ``accounting=NO``): off.
+ACCOUNTING = False
+
+
+def fdfree(k: Kernel, p: Proc, nfiles: int) -> KPath:
+    """Close the process's open files (kern_descrip.c: a ``closef`` for each, then
+    the table). => the kernel lock is held."""
+    KERNEL_ASSERT_LOCKED(k, p)
+    if ns := nfiles * k.costs.fdfree_file_ns:
+        yield Run(ns)
+
+
+def cancel_all_itimers(k: Kernel, p: Proc) -> KPath:
+    """Disarm the three interval timers (kern_time.c), and ``timeout_del`` of the
+    process's ``ps_rucheck_to``. => the kernel lock is held."""
+    KERNEL_ASSERT_LOCKED(k, p)
+    if ns := k.costs.itimer_ns:
+        yield Run(ns)
+
+
+def semexit(k: Kernel, p: Proc, undo: bool = False) -> KPath:
+    """Apply the process's SysV semaphore undo entries (sysv_sem.c); nothing to do
+    without ``SEM_UNDO``, the default (assumption: few programs use SysV semaphores).
+    => the kernel lock is held."""
+    KERNEL_ASSERT_LOCKED(k, p)
+    if undo and (ns := k.costs.semexit_ns):
+        yield Run(ns)
+
+
+def killjobc(k: Kernel, p: Proc) -> KPath:
+    """Job control: the process's group may become orphaned (kern_proc.c).
+    => the kernel lock is held."""
+    KERNEL_ASSERT_LOCKED(k, p)
+    if ns := k.costs.killjobc_ns:
+        yield Run(ns)
+
+
+def acct_process(k: Kernel, p: Proc, accounting: bool = ACCOUNTING) -> KPath:
+    """Write the accounting record (kern_acct.c), only with accounting on.
+    => the kernel lock is held."""
+    KERNEL_ASSERT_LOCKED(k, p)
+    if accounting and (ns := k.costs.acct_ns):
+        yield Run(ns)
+
+
+def unveil_destroy(k: Kernel, p: Proc, npaths: int = 0) -> KPath:
+    """Drop the process's unveiled paths (kern_unveil.c); none by default
+    (assumption: the build tools the workloads run do not unveil). => the kernel lock
+    is held."""
+    KERNEL_ASSERT_LOCKED(k, p)
+    if ns := npaths * k.costs.unveil_ns:
+        yield Run(ns)
+
+
+def exit_lists(k: Kernel, p: Proc) -> KPath:
+    """Steps 8-9's list work, which the model does in no time: off the tid and pid
+    hashes and allproc/allprocess, onto zombprocess, the children to init.
+    => the kernel lock is held."""
+    KERNEL_ASSERT_LOCKED(k, p)
+    if ns := k.costs.exit_lists_ns:
+        yield Run(ns)
+
+
 def exit1(k: Kernel, p: Proc, xexit: int, xsig: int, flags: int) -> KPath:
     """A thread exits; the last one takes its process with it. Never returns.
     => the kernel lock is held, at any depth."""
@@ -145,15 +218,23 @@ def exit1(k: Kernel, p: Proc, xexit: int, xsig: int, flags: int) -> KPath:
     pr.ps_threads.remove(p)
     pr.ps_threadcnt -= 1
     pr.ps_exitcnt += 1
+    if k.policy.tuagg_at == TUAGG_AT_STEP4:
+        tuagg_add_process(pr, p)
     if not p.p_flag & P_THREAD:
         while pr.ps_threadcnt + pr.ps_exitcnt > 1:
             yield from msleep(threads_chan(pr), pr.ps_mtx, "thrdeath")
     yield from mtx_leave(pr.ps_mtx)
-    # 5-6. Per-thread leftovers; for the process: files, timers, accounting, and the
-    # address space, as the design does it.
+    # 5-6. Per-thread leftovers (the rusage, the signals); for the process, in the C's
+    # order and under the kernel lock exit1 holds: files, interval timers, SysV undo,
+    # job control, accounting, unveil; then the address space, as the design does it.
     yield Run(c.proc_ns)
     if not p.p_flag & P_THREAD:
-        yield Run(c.exit_ns)
+        yield from fdfree(k, p, pr.ps_nfiles)
+        yield from cancel_all_itimers(k, p)
+        yield from semexit(k, p, pr.ps_semundo)
+        yield from killjobc(k, p)
+        yield from acct_process(k, p)
+        yield from unveil_destroy(k, p, pr.ps_unveil_paths)
         parent = pr.ps_pptr
         if parent is not None and parent.ps_sigflags & SAS_NOCLDWAIT:
             pr.ps_flags |= PS_NOZOMBIE
@@ -165,6 +246,7 @@ def exit1(k: Kernel, p: Proc, xexit: int, xsig: int, flags: int) -> KPath:
     # 9. The process leaves the live lists; a zombie-to-be goes on zombprocess, and its
     # children go to init.
     if not p.p_flag & P_THREAD:
+        yield from exit_lists(k, p)
         k.allprocess.pop(pr.ps_pid, None)
         # A design that hands the zombie over earlier (no-reaper) may already have
         # been waited for and zapped: it must not go on zombprocess again.
@@ -175,8 +257,14 @@ def exit1(k: Kernel, p: Proc, xexit: int, xsig: int, flags: int) -> KPath:
             k.engine.wakeup(parent_chan(init))
         for child in list(pr.ps_children):
             process_reparent(child, init)
-    # 11. A process nobody will wait for goes to init, and its parent learns it.
+    # 10. The thread's times so far join the process's (1.212 folds them only here).
+    if k.policy.tuagg_at == TUAGG_AT_STEP10:
+        tuagg_add_process(pr, p)
+    # 11. The last thread turns the process's times into the ps_ru that wait4 hands
+    # the parent; a process nobody will wait for goes to init, and its parent
+    # learns it.
     if not p.p_flag & P_THREAD:
+        calcru(pr)
         yield from mtx_enter(pr.ps_mtx)
         if pr.ps_flags & PS_NOZOMBIE and pr.ps_pptr is not None:
             old = pr.ps_pptr
@@ -199,6 +287,24 @@ def exit1(k: Kernel, p: Proc, xexit: int, xsig: int, flags: int) -> KPath:
     yield from sched_exit(k, p)
 
 
+def tuagg_add_process(pr: Process, p: Proc) -> None:
+    """Fold what ``p`` ran since its last fold into the process's ps_tu, and start
+    the thread's count again (kern_resource.c). => ps_mtx held, or p is dead."""
+    pr.ps_tu_user_ns += p.user_ns - p.tu_user_ns
+    pr.ps_tu_sys_ns += p.sys_ns - p.tu_sys_ns
+    p.tu_user_ns = p.user_ns
+    p.tu_sys_ns = p.sys_ns
+
+
+def calcru(pr: Process) -> None:
+    """exit1 step 11: ps_ru from ps_tu as it stands now. Later folds (exit2's) do not
+    reach it. Simplified: OpenBSD splits tu_runtime into user and system time in the
+    ratio of statclock ticks; the engine knows each exactly, so ps_ru takes them as
+    they are."""
+    pr.ru_user_ns = pr.ps_tu_user_ns
+    pr.ru_sys_ns = pr.ps_tu_sys_ns
+
+
 def process_reparent(child: Process, parent: Process) -> None:
     old = child.ps_pptr
     if old is parent:
@@ -218,12 +324,13 @@ def sched_exit(k: Kernel, p: Proc) -> KPath:
 
 
 def exit2(k: Kernel, p: Proc) -> None:
-    """The dead thread is off its CPU: account its last times to the process and hand
-    it to the reaper (or, without one, keep it until the process is freed)."""
+    """The dead thread is off its CPU: fold its last times into the process (1.252;
+    after calcru for the last thread, so ps_ru does not see them) and hand it to the
+    reaper (or, without one, keep it until the process is freed)."""
     pr = p.p_p
     assert pr is not None
-    pr.ru_user_ns += p.user_ns
-    pr.ru_sys_ns += p.sys_ns
+    if k.policy.tuagg_at == TUAGG_AT_STEP4:
+        tuagg_add_process(pr, p)
     if k.policy.uses_reaper:
         k.deadproc.append(p)
         k.meters.backlog.add(k.now, 1)
@@ -258,7 +365,8 @@ def reaper(k: Kernel, p: Proc) -> KPath:
         yield from mtx_enter(k.deadproc_mutex)
         while not k.deadproc:
             yield from msleep(k.deadproc_chan, k.deadproc_mutex, "reaper")
-        q = k.deadproc.popleft()
+        # LIST_FIRST of a list filled at its head takes the thread that died last.
+        q = k.deadproc.pop() if pol.deadproc_lifo else k.deadproc.popleft()
         k.meters.backlog.add(k.now, -1)
         yield from mtx_leave(k.deadproc_mutex)
         if pol.reaper_locked:

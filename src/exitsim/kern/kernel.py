@@ -48,6 +48,7 @@ class Kernel:
         self.kernel_lock = TicketLock("kernel_lock")
         self.uvm = Uvm(self.engine, machine, self.kernel_lock, total_pages, debug=debug)
         self.policy = policy
+        self.uvm.teardown_drops_kernel_lock = policy.teardown_drops_kernel_lock
         #: Raise on every invariant, even those the design is known to break (the
         #: checker's mode); otherwise those are counted (a timed run's mode).
         self.strict = strict

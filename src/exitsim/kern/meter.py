@@ -15,7 +15,11 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class ExitRecord:
-    """One process that exited and was waited for (or zapped)."""
+    """One process that exited and was waited for (or zapped).
+
+    ``user_ns``/``sys_ns`` are its ps_ru, what wait4 hands the parent;
+    ``thread_user_ns``/``thread_sys_ns`` are everything its threads ran, filled in
+    when the run ends."""
 
     pid: int
     comm: str
@@ -25,6 +29,8 @@ class ExitRecord:
     zombie_ns: int | None
     reaped_ns: int | None
     resident_pages_at_exit: int
+    thread_user_ns: int = 0
+    thread_sys_ns: int = 0
 
     @property
     def latency_ns(self) -> int | None:
@@ -103,3 +109,17 @@ class Meters:
         now = self.k.now
         for lv in (self.backlog, self.zombies, self.held_pages, self.unfreed_threads):
             lv.close(now)
+        self._thread_totals()
+
+    def _thread_totals(self) -> None:
+        """Each freed process's threads' whole CPU time: what the system-wide counters
+        saw of it, whether or not wait4 reports it."""
+        from exitsim.kern.proc import Proc
+
+        for t in self.k.engine.threads:
+            if not isinstance(t, Proc) or t.p_p is None:
+                continue
+            rec = self.records.get(t.p_p.ps_pid)
+            if rec is not None:
+                rec.thread_user_ns += t.user_ns
+                rec.thread_sys_ns += t.sys_ns

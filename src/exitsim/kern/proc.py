@@ -40,6 +40,16 @@ EXIT_THREAD_NOCHECK = 0x00000003
 # ps_sigacts->ps_sigflags
 SAS_NOCLDWAIT = 0x02
 
+# Where exit1 folds the exiting thread's times into its process before calcru turns
+# them into the ps_ru that wait4 returns (see kern/exit.py ``tuagg_add_process``).
+#: kern_exit.c 1.212: ``tuagg_locked`` at step 10, right before calcru at step 11, so
+#: everything the last thread ran in exit1 (a purge at step 6 too) reaches ps_ru.
+TUAGG_AT_STEP10 = "step10"
+#: kern_exit.c 1.252: ``tuagg_add_process`` at step 4, before the main thread waits
+#: for its siblings; what runs after (a purge at step 6) reaches ps_tu only in exit2,
+#: after calcru has made ps_ru, so wait4 does not report it.
+TUAGG_AT_STEP4 = "step4"
+
 
 class Process:
     """``struct process``: what the threads of one process share."""
@@ -60,6 +70,8 @@ class Process:
         "ps_sigflags",
         "ps_single",
         "comm",
+        "ps_tu_user_ns",
+        "ps_tu_sys_ns",
         "ru_user_ns",
         "ru_sys_ns",
         "cru_user_ns",
@@ -71,6 +83,9 @@ class Process:
         "zapped",
         "spec",
         "resident_at_exit",
+        "ps_nfiles",
+        "ps_semundo",
+        "ps_unveil_paths",
     )
 
     def __init__(self, pid: int, comm: str, parent: Process | None) -> None:
@@ -89,8 +104,11 @@ class Process:
         self.ps_sigflags = 0  # of its sigacts: SAS_NOCLDWAIT
         self.ps_single: Proc | None = None
         self.comm = comm
-        # ps_ru: the process's own times once all its threads are in; ps_cru: the
-        # times of the children it has waited for.
+        # ps_tu: the thread times folded into the process so far (tuagg_add_process);
+        # ps_ru: what calcru made of ps_tu at exit1 step 11, the figure wait4 hands
+        # the parent; ps_cru: the times of the children it has waited for.
+        self.ps_tu_user_ns = 0
+        self.ps_tu_sys_ns = 0
         self.ru_user_ns = 0
         self.ru_sys_ns = 0
         self.cru_user_ns = 0
@@ -102,6 +120,15 @@ class Process:
         self.zapped = False
         self.spec: Any = None
         self.resident_at_exit = 0
+        # What exit1 step 6 releases besides the address space. Files open at exit:
+        # the three standard descriptors (assumption: what a program opens itself
+        # it closes before it exits; the workloads do not track descriptors). SysV
+        # semaphore undo entries: none (assumption: build tools do not use SysV
+        # semaphores). Unveiled paths: none (assumption: compilers and make do not
+        # unveil).
+        self.ps_nfiles = 3
+        self.ps_semundo = False
+        self.ps_unveil_paths = 0
 
     def __repr__(self) -> str:
         return f"<process {self.ps_pid} {self.comm}>"
@@ -110,7 +137,16 @@ class Process:
 class Proc(Thread):
     """``struct proc``: one thread, an engine thread with the kernel's fields."""
 
-    __slots__ = ("p_addr", "p_flag", "p_p", "p_stat", "p_vmspace", "pm_counted")
+    __slots__ = (
+        "p_addr",
+        "p_flag",
+        "p_p",
+        "p_stat",
+        "p_vmspace",
+        "pm_counted",
+        "tu_user_ns",
+        "tu_sys_ns",
+    )
 
     def __init__(
         self, tid: int, name: str, gen: Any, p_p: Process | None = None, p_flag: int = 0
@@ -122,3 +158,7 @@ class Proc(Thread):
         self.p_vmspace: Vmspace | None = None
         self.p_addr = True  # the u-area (kernel stack and pcb) is allocated
         self.pm_counted = False  # this thread is counted in its pmap's pm_active
+        # p_tu is what the thread ran since it was last folded into its process:
+        # user_ns - tu_user_ns, sys_ns - tu_sys_ns (these are the totals at that fold).
+        self.tu_user_ns = 0
+        self.tu_sys_ns = 0

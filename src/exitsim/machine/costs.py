@@ -23,11 +23,15 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 #: Every cost a profile must give, with what it means.
 COST_KEYS: dict[str, str] = {
     "quantum_ns": "round-robin time slice before a waiting thread may preempt user code",
     "ctxsw_ns": "one context switch to a different thread",
+    "lock_handoff_ns": (
+        "a spinning waiter sees a released lock: one cache-line transfer between CPUs"
+    ),
     "ipi_send_ns": "sender's cost per target of an inter-processor interrupt",
     "ipi_latency_ns": "from sending an IPI to its handler starting on the target",
     "ipi_handler_ns": "target's time in a TLB-shootdown interrupt handler, ack included",
@@ -36,8 +40,20 @@ COST_KEYS: dict[str, str] = {
     "tlbi_ns": "one broadcast TLB invalidation (tlbi ...is + dsb ish) with one sender",
     "tlbi_per_sender_ns": "extra per broadcast for each other CPU broadcasting meanwhile",
     "kernel_lock_section_ns": "a short kernel-locked section of a syscall (demo workload)",
-    "page_alloc_ns": "take one page off the free lists (under the free-page lock)",
-    "page_free_ns": "put one page back on the free lists (under the free-page lock)",
+    "page_alloc_ns": (
+        "take one page out of the pmemrange trees (under the free-page lock); a per-CPU "
+        "magazine refill takes 8"
+    ),
+    "page_free_ns": (
+        "per page of a free into the pmemrange trees (under the free-page lock): the list "
+        "walk that cuts it into contiguous ranges"
+    ),
+    "pmr_insert_ns": (
+        "one tree level of inserting a free range into the pmemrange RB trees (by address "
+        "and by size); charged ceil(log2(ranges + 1)) times per range inserted"
+    ),
+    "pageq_ns": "put one page on or take it off a page queue (under the page-queue lock)",
+    "pcpu_cache_ns": "take one page from or give one to the per-CPU page magazines (no lock)",
     "pte_ns": "set or clear one PTE with its pv entry and counters",
     "pmap_lookup_ns": "look up one virtual page in arm64 pmap_remove's walk of a range",
     "ptp_scan_ns": "check one 2 MB block's page-directory entry in amd64 pmap_do_remove",
@@ -50,11 +66,24 @@ COST_KEYS: dict[str, str] = {
     "pmap_destroy_ns": "free a pmap's structure and root table",
     "vmspace_ns": "allocate or free a vmspace and set up or drop its map",
     "syscall_ns": "system call entry and return, besides the call's body",
-    "fs_syscall_ns": "body of a kernel-locked file-system call (open, stat: namei)",
-    "io_syscall_ns": "body of an unlocked I/O call on cached data (read, write, close)",
+    "namei_ns": "one path lookup through the name cache (a short path, all of it cached)",
+    "open_ns": "open's own work besides its lookup: the file, the vnode open, the descriptor",
+    "stat_ns": "stat's own work besides its lookup: a vnode's attributes copied out",
+    "access_ns": "access's own work besides its lookup: the permission check",
+    "readlink_ns": "readlink's own work besides its lookup",
+    "getdents_ns": "one getdents of a small directory on an open descriptor",
+    "read_ns": "a read of 4 KiB of cached data (no kernel lock)",
+    "write_ns": "a write that copies little, to a device or a pipe (no kernel lock)",
+    "close_ns": "a close of the last reference to a file (no kernel lock)",
     "fork_ns": "fork1's own work besides the address space (process, files, creds)",
     "exec_ns": "execve's own work besides the address space (namei, headers, args)",
-    "exit_ns": "exit1's own work besides the address space (files, timers, lists)",
+    "fdfree_file_ns": "exit1 fdfree: close one open file (closef), per file held at exit",
+    "itimer_ns": "exit1 cancel_all_itimers and the timeout_del of ps_rucheck_to",
+    "semexit_ns": "exit1 semexit for a process with SysV semaphore undo (SEM_UNDO) entries",
+    "killjobc_ns": "exit1 killjobc: the job-control checks of the process group",
+    "acct_ns": "exit1 acct_process: write one accounting record (accounting on only)",
+    "unveil_ns": "exit1 unveil_destroy: drop one unveiled path (vrele, names freed)",
+    "exit_lists_ns": "exit1 steps 8-9: tid/pid hashes, allprocess, zombprocess, reparenting",
     "uarea_ns": "allocate or free a thread's u-area (kernel stack and pcb)",
     "proc_ns": "allocate or free a struct proc / struct process",
     "wait_ns": "one pass of dowait6 over the children, and process_zap",
@@ -71,6 +100,7 @@ class Costs:
 
     quantum_ns: int
     ctxsw_ns: int
+    lock_handoff_ns: int
     ipi_send_ns: int
     ipi_latency_ns: int
     ipi_handler_ns: int
@@ -81,6 +111,9 @@ class Costs:
     kernel_lock_section_ns: int
     page_alloc_ns: int
     page_free_ns: int
+    pmr_insert_ns: int
+    pageq_ns: int
+    pcpu_cache_ns: int
     pte_ns: int
     pmap_lookup_ns: int
     ptp_scan_ns: int
@@ -93,11 +126,24 @@ class Costs:
     pmap_destroy_ns: int
     vmspace_ns: int
     syscall_ns: int
-    fs_syscall_ns: int
-    io_syscall_ns: int
+    namei_ns: int
+    open_ns: int
+    stat_ns: int
+    access_ns: int
+    readlink_ns: int
+    getdents_ns: int
+    read_ns: int
+    write_ns: int
+    close_ns: int
     fork_ns: int
     exec_ns: int
-    exit_ns: int
+    fdfree_file_ns: int
+    itimer_ns: int
+    semexit_ns: int
+    killjobc_ns: int
+    acct_ns: int
+    unveil_ns: int
+    exit_lists_ns: int
     uarea_ns: int
     proc_ns: int
     wait_ns: int
@@ -112,6 +158,40 @@ class CostProfile:
     costs: Costs
     sources: dict[str, str]
     path: str
+
+
+def source_kind(source: str) -> str:
+    """What backs a number: ``assumption`` (its source says so), ``measured`` (measured
+    here by a command) or ``sourced`` (a cost-anchors row, an OpenBSD file, ...)."""
+    s = source.lstrip().lower()
+    if s.startswith("assumption"):
+        return "assumption"
+    if s.startswith("measured"):
+        return "measured"
+    return "sourced"
+
+
+def describe_profile(profile: CostProfile) -> dict[str, Any]:
+    """A profile as plain data: every value, in ``COST_KEYS`` order, with its unit,
+    meaning, source and kind, and how many of them are assumptions."""
+    costs = {
+        key: {
+            "value": getattr(profile.costs, key),
+            # Every key is in nanoseconds unless its name says otherwise (module doc).
+            "unit": "ns" if key.endswith("_ns") else "count",
+            "meaning": meaning,
+            "source": profile.sources[key],
+            "kind": source_kind(profile.sources[key]),
+        }
+        for key, meaning in COST_KEYS.items()
+    }
+    return {
+        "arch": profile.arch,
+        "description": profile.description,
+        "path": profile.path,
+        "assumptions": sum(c["kind"] == "assumption" for c in costs.values()),
+        "costs": costs,
+    }
 
 
 def load_profile(path: str | Path) -> CostProfile:
@@ -185,3 +265,26 @@ def builtin_profile(arch: str) -> CostProfile:
     if not ref.is_file():
         raise CostProfileError(f"no built-in cost profile for arch {arch!r}")
     return parse_profile(ref.read_text(encoding="utf-8"), f"profiles/{arch}.toml")
+
+
+def with_overrides(profile: CostProfile, overrides: dict[str, int]) -> CostProfile:
+    """``profile`` with some values replaced; each replaced source says so. For
+    sensitivity runs: a claim is checked at several values of an assumed cost."""
+    values = {k: getattr(profile.costs, k) for k in COST_KEYS}
+    sources = dict(profile.sources)
+    for key, v in overrides.items():
+        if key not in COST_KEYS:
+            raise CostProfileError(f"cost override: unknown cost key {key!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CostProfileError(f"cost override: {key} must be a non-negative integer")
+        if key == "quantum_ns" and v == 0:
+            raise CostProfileError("cost override: quantum_ns must be positive")
+        sources[key] = f"override: {v} (profile value {values[key]}: {sources[key]})"
+        values[key] = v
+    return CostProfile(
+        arch=profile.arch,
+        description=profile.description,
+        costs=Costs(**values),
+        sources=sources,
+        path=profile.path,
+    )

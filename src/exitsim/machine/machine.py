@@ -49,11 +49,13 @@ class Machine:
         self.curpm: list[Any] = [None] * ncpu
 
     def engine_config(self, **overrides: Any) -> EngineConfig:
-        """The engine settings this machine implies (quantum, switch and IPI costs)."""
+        """The engine settings this machine implies (quantum, switch, lock hand-off and
+        IPI costs)."""
         kw: dict[str, Any] = {
             "ncpu": self.ncpu,
             "quantum_ns": self.costs.quantum_ns,
             "ctxsw_ns": self.costs.ctxsw_ns,
+            "lock_handoff_ns": self.costs.lock_handoff_ns,
             "ipi_latency_ns": self.costs.ipi_latency_ns,
         }
         kw.update(overrides)

@@ -15,8 +15,17 @@ Hooks and where ``kern/`` calls them:
 - ``exit2_without_reaper(k, p)`` and ``zap_leftovers(k, q, pr)``: for designs with no
   reaper thread, where a dead thread goes and what ``process_zap`` still frees.
 - ``uses_reaper``, ``reaper_locked``: whether there is a reaper thread, and whether it
-  holds the kernel lock around ``uvm_exit`` (kern_exit.c 1.212) or only around the
-  notification (1.252).
+  holds the kernel lock from taking a thread off ``deadproc`` to the end of the
+  notification (kern_exit.c 1.212-1.225) or only around the notification (1.227 on).
+- ``deadproc_lifo``: the reaper takes the thread that died last (a LIST with
+  ``LIST_INSERT_HEAD``/``LIST_FIRST``, kern_exit.c up to at least 1.242), or, when
+  False, the one that died first (the TAILQ of 1.252).
+- ``teardown_drops_kernel_lock``: ``uvm_map_teardown`` as uvm_map.c up to 1.329 has
+  it (entered locked, page work unlocked, the lock back for ``pmap_destroy``); from
+  1.330 it does no kernel-lock work.
+- ``tuagg_at``: where exit1 folds a thread's times into its process before calcru
+  makes the ps_ru that wait4 returns: ``TUAGG_AT_STEP4`` (kern_exit.c 1.252, the
+  default) or ``TUAGG_AT_STEP10`` (1.212); see ``kern/proc.py``.
 - ``known_violations``: design.md invariants the design breaks by construction; a timed
   run counts them, ``exitsim check`` stops on them.
 """
@@ -26,6 +35,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from exitsim.engine.thread import KPath
+from exitsim.kern.proc import TUAGG_AT_STEP4
 from exitsim.vm.vmspace import uvm_exit
 
 if TYPE_CHECKING:
@@ -40,6 +50,9 @@ class Policy:
     summary: ClassVar[str] = ""
     uses_reaper: ClassVar[bool] = True
     reaper_locked: ClassVar[bool] = False
+    deadproc_lifo: ClassVar[bool] = True
+    teardown_drops_kernel_lock: ClassVar[bool] = False
+    tuagg_at: ClassVar[str] = TUAGG_AT_STEP4
     known_violations: ClassVar[frozenset[int]] = frozenset()
 
     def exit1_begin(self, k: Kernel, p: Proc) -> KPath:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from exitsim.engine.sync import KERNEL_LOCK, mp_release_all, tsleep
 from exitsim.engine.thread import DEAD, KPath
 from exitsim.kern.exit import (
+    calcru,
     make_zombie,
     parent_chan,
     proc_free,
@@ -43,7 +44,10 @@ class NoReaper(Policy):
     def exit1_teardown(self, k: Kernel, p: Proc) -> KPath:
         pr = p.p_p
         assert pr is not None
-        # The handoff the reaper used to do, now before the teardown.
+        # The handoff the reaper used to do, now before the teardown; the parent may
+        # collect the zombie at once, so its ps_ru must be made now (calcru), from
+        # the times folded at step 4: the purge that follows is not in it.
+        calcru(pr)
         if pr.ps_flags & PS_NOZOMBIE:
             pr.zombie_ns = k.now
             k.engine.wakeup(parent_chan(k.initprocess))

@@ -9,13 +9,14 @@ from exitsim.policies.base import Policy
 from exitsim.policies.noreaper import NoReaper
 from exitsim.policies.others import FreeBSD, Linux
 from exitsim.policies.purge import Purge, PurgeLocked, PurgePmapPurge
-from exitsim.policies.reaper import Reaper, ReaperUnlocked
+from exitsim.policies.reaper import Reaper, ReaperFifo, ReaperLocked
 
 DESIGNS: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (
         Reaper,
-        ReaperUnlocked,
+        ReaperLocked,
+        ReaperFifo,
         Purge,
         PurgeLocked,
         PurgePmapPurge,

@@ -612,7 +612,7 @@ class TraceRecorder:
                 continue
             self._flow += 1
             w.instant(now, w.next_seq(), src, f"hand off {family}", args, flows=(self._flow,))
-            at = max(now, self.eng.cpus[waiter.cpu].intr_until)
+            at = max(now + self.eng.handoff, self.eng.cpus[waiter.cpu].intr_until)
             dst = self.cpus[waiter.cpu].uuid
             w.instant(at, w.next_seq(), dst, f"got {family}", terminating=(self._flow,))
 

@@ -51,12 +51,32 @@ def _lock_stats(locks: dict[str, Lock]) -> dict[str, dict[str, int]]:
     return out
 
 
+def _machine_states(totals: dict[str, int]) -> dict[str, float | int]:
+    """The machine's CPU states as ``top``/``systat`` show them (cp_time): user,
+    sys (interrupts and spinning apart), spin, intr, idle, in ns and in per cent of
+    all CPU time. Nice is never used here."""
+    states = {
+        "user_ns": totals["user_ns"],
+        "sys_ns": totals["sys_ns"] - totals["intr_ns"],
+        "spin_ns": totals["spin_ns"],
+        "intr_ns": totals["intr_ns"],
+        "idle_ns": totals["idle_ns"],
+    }
+    whole = sum(states.values())
+    pct = {
+        k.removesuffix("_ns") + "_pct": round(100 * v / whole, 3) if whole else 0.0
+        for k, v in states.items()
+    }
+    return states | pct
+
+
 def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
     eng = k.engine
     cpus = [{"cpu": c.index, **c.times(), "switches": c.switches} for c in eng.cpus]
     totals = {key: sum(c[key] for c in cpus) for key in cpus[0] if key.endswith("_ns")}
     recs = [r for r in sorted(k.meters.records.values(), key=lambda r: r.pid)]
     sys_ns = [r.sys_ns for r in recs]
+    thread_sys = [r.thread_sys_ns for r in recs]
     lat = [r.latency_ns for r in recs if r.latency_ns is not None]
     reaper = k.reaper_proc
     m = k.meters
@@ -77,7 +97,15 @@ def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
             "exit_latency_ns_p99": percentile(lat, 0.99),
             "exit_latency_ns_max": max(lat) if lat else 0,
             "waited_for": len(lat),
+            "wait4_sys_ns_total": sum(sys_ns),
+            "wait4_user_ns_total": sum(r.user_ns for r in recs),
+            "thread_sys_ns_mean": (sum(thread_sys) // len(thread_sys)) if thread_sys else 0,
+            "thread_sys_ns_p50": percentile(thread_sys, 0.5),
+            "thread_sys_ns_p99": percentile(thread_sys, 0.99),
+            "thread_sys_ns_total": sum(thread_sys),
+            "thread_user_ns_total": sum(r.thread_user_ns for r in recs),
         },
+        "machine": _machine_states(totals),
         "locks": _lock_stats(k.uvm.locks),
         "tlb": k.machine.stats.as_dict(),
         "memory": {
@@ -108,6 +136,8 @@ def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
                 "comm": r.comm,
                 "user_ns": r.user_ns,
                 "sys_ns": r.sys_ns,
+                "thread_user_ns": r.thread_user_ns,
+                "thread_sys_ns": r.thread_sys_ns,
                 "exit_latency_ns": r.latency_ns,
                 "resident_pages": r.resident_pages_at_exit,
             }

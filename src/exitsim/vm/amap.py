@@ -5,7 +5,9 @@ An amap has ``am_ref`` references, from map entries; ``AMAP_SHARED`` marks one s
 through fork's inherit-share. When references cover only part of it, per-page counts
 (``am_ppref``) say which slots are still referenced; slots whose count reaches zero are
 wiped. The last reference wipes the whole amap out: every anon loses a reference and
-those that reach zero are freed, their pages returned to the free lists in one batch.
+those that reach zero are freed with their page there and then (``uvm_anfree``, one page
+at a time through the page-queue lock and this CPU's magazines; uvm_amap.c 1.82 of 2020
+still gathered the pages for one ``uvm_pglistfree``).
 
 Slots are keyed by the slot number they start at; an anon covers ``npages`` slots (one
 in exact mode). Per-page counts are kept as ranges of equal count.
@@ -20,8 +22,7 @@ from sortedcontainers import SortedDict
 from exitsim.engine.locks import RwLock
 from exitsim.engine.ops import Acquire, Release, Run
 from exitsim.engine.thread import KPath
-from exitsim.vm.anon import VmAnon, uvm_anfree_list
-from exitsim.vm.page import VmPage, uvm_pglistfree
+from exitsim.vm.anon import VmAnon, uvm_anfree
 from exitsim.vm.uvm import RangeAlignmentError
 
 if TYPE_CHECKING:
@@ -138,41 +139,36 @@ def amap_unref(
         amap.am_ppref = PpRef(amap.am_nslot, amap.am_ref)
     amap.am_ref -= 1
     if amap.am_ppref is not None:
-        pgl: list[VmPage] = []
         for s, e in amap.am_ppref.add(offset, length, -1):
-            yield from amap_wiperange(uvm, p, amap, s, e, pgl)
-        yield from uvm_pglistfree(uvm, p, pgl)
+            yield from amap_wiperange(uvm, p, amap, s, e)
     yield Release(amap.am_lock)
 
 
-def amap_wiperange(
-    uvm: Uvm, p: Thread, amap: VmAmap, start: int, end: int, pgl: list[VmPage]
-) -> KPath:
-    """Drop the amap's hold on the anons in slots [start, end)."""
+def amap_wiperange(uvm: Uvm, p: Thread, amap: VmAmap, start: int, end: int) -> KPath:
+    """Drop the amap's hold on the anons in slots [start, end); an anon whose last
+    reference this was is freed with its page (``amap_wiperange_chunk``)."""
     for s, anon in amap.anons_in(start, end):
         yield Run(uvm.costs.amap_slot_ns * anon.npages)
         del amap.anons[s]
-        yield from _anon_drop(uvm, p, anon, pgl)
+        yield from _anon_drop(uvm, p, anon)
 
 
-def _anon_drop(uvm: Uvm, p: Thread, anon: VmAnon, pgl: list[VmPage]) -> KPath:
+def _anon_drop(uvm: Uvm, p: Thread, anon: VmAnon) -> KPath:
     anon.an_ref -= 1
     uvm.check(anon.an_ref >= 0, 5, f"{anon}: an_ref went negative", anon, p=p)
     if anon.an_ref == 0:
-        yield from uvm_anfree_list(uvm, p, anon, pgl)
+        yield from uvm_anfree(uvm, p, anon)
 
 
 def amap_wipeout(uvm: Uvm, p: Thread, amap: VmAmap) -> KPath:
-    """The last reference is gone: release every anon, free the pages of those whose
-    last reference this was in one batch, and free the amap.
+    """The last reference is gone: release every anon, freeing each whose last
+    reference this was with its page as it goes (``uvm_anfree``), and free the amap.
     => ``am_ref == 0``, ``am_lock`` held."""
     uvm.check(not amap.freed, 5, f"{amap} freed twice", amap, p=p)
-    pgl: list[VmPage] = []
     for s in list(amap.anons):
         anon = amap.anons.pop(s)
         yield Run(uvm.costs.amap_slot_ns * anon.npages)
-        yield from _anon_drop(uvm, p, anon, pgl)
-    yield from uvm_pglistfree(uvm, p, pgl)
+        yield from _anon_drop(uvm, p, anon)
     amap.freed = True
     uvm.counters.amaps_freed += 1
 

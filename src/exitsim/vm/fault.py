@@ -4,8 +4,12 @@
 (an anon already there: map it, or copy it if a write finds it shared), then the object
 layer (page the object's page in; a write to a private mapping copies it into a new
 anon), else a zero-filled anon. A needs-copy entry gets its own amap first
-(``amap_copy``, under the map's write lock). The faulting CPU's TLB caches the new
-translation.
+(``amap_copy``, under the map's write lock). The page mapped is then put on the active
+queue under the page-queue lock, and an object page the fault found or read in once
+before that too (uvm_fault.c 1.171: ``uvm_pageactivate`` after ``pmap_enter``, and in
+``uvm_fault_lower``/``uvm_fault_lower_io`` for the object page; the model takes the
+object page's turn after ``vmobjlock`` is released). The faulting CPU's TLB caches the
+new translation.
 
 In exact mode a call goes page by page; in range mode the whole range is one unit and
 must line up with the runs already there. ``uvm_touch`` is a user access: it only fills
@@ -31,7 +35,7 @@ from exitsim.vm.map import (
     vm_map_unlock_read,
 )
 from exitsim.vm.object import uvm_obj_getpage
-from exitsim.vm.page import ANON, uvm_pagealloc
+from exitsim.vm.page import ANON, uvm_pageactivate, uvm_pagealloc
 from exitsim.vm.pmap import pmap_enter, pmap_page_protect_none
 from exitsim.vm.vmspace import Vmspace, amap_copy
 
@@ -119,6 +123,7 @@ def _fault_unit(uvm: Uvm, p: Thread, vm: Vmspace, vpn: int, n: int, write: bool)
         page = anon.an_page
     elif e.object is not None:
         opg = yield from uvm_obj_getpage(uvm, p, e.object, e.offset + (vpn - e.start), n)
+        yield from uvm_pageactivate(uvm, p, opg)
         if write and e.etype & UVM_ET_COPYONWRITE:
             # A write to a private file mapping: promote the page into a new anon.
             pg = yield from uvm_pagealloc(uvm, p, ANON, None, n)
@@ -146,6 +151,7 @@ def _fault_unit(uvm: Uvm, p: Thread, vm: Vmspace, vpn: int, n: int, write: bool)
     cur = pm.lookup(vpn)
     if cur is None or cur[1].page is not page or cur[1].writable != writable:
         yield from pmap_enter(uvm, p, pm, vpn, page, writable)  # type: ignore[arg-type]
+    yield from uvm_pageactivate(uvm, p, page)  # type: ignore[arg-type]
     cpu = uvm.cpu_of(p)
     uvm.tlb.fill(cpu, user_tag(uvm, pm.tag), vpn, page.ppn, n)  # type: ignore[union-attr]
     if amap is not None:

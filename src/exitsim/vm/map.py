@@ -271,7 +271,14 @@ def uvm_unmap_detach(uvm: Uvm, p: Thread, dead: list[VmMapEntry]) -> KPath:
             yield from amap_unref(uvm, p, e.amap, e.aref_pageoff, e.npages)
             e.amap = None
         if e.object is not None:
-            yield from pgo_detach(uvm, p, e.object)
+            if uvm.teardown_drops_kernel_lock:
+                # Up to uvm_map.c 1.329 an object's detach (vnode release) took the
+                # kernel lock.
+                yield Acquire(uvm.kernel_lock)
+                yield from pgo_detach(uvm, p, e.object)
+                yield Release(uvm.kernel_lock)
+            else:
+                yield from pgo_detach(uvm, p, e.object)
             e.object = None
         yield Run(uvm.costs.map_entry_ns)
 
@@ -298,6 +305,10 @@ def uvm_map_teardown(uvm: Uvm, p: Thread, map: VmMap, gather: bool = False) -> K
     without TLB maintenance and flushes the address space once, before the unlock and
     so before any page is freed."""
     kassert(not map.flags & VM_MAP_INTRSAFE, "uvm_map_teardown: intrsafe map")
+    if uvm.teardown_drops_kernel_lock:
+        # uvm_map.c up to 1.329: the caller (the reaper) holds the kernel lock; the
+        # page work goes without it.
+        yield Release(uvm.kernel_lock)
     yield from vm_map_lock(uvm, p, map)
     dead: list[VmMapEntry] = []
     for start in _bfs_order(list(map.entries)):
@@ -325,3 +336,7 @@ def uvm_map_teardown(uvm: Uvm, p: Thread, map: VmMap, gather: bool = False) -> K
     yield from vm_map_unlock(map)
     map.uaddr = None
     yield from uvm_unmap_detach(uvm, p, dead)
+    if uvm.teardown_drops_kernel_lock:
+        # Up to 1.329 the lock comes back for pmap_destroy, which was the
+        # teardown's last step then (the caller's now, the same order).
+        yield Acquire(uvm.kernel_lock)

@@ -17,7 +17,7 @@ from sortedcontainers import SortedDict
 from exitsim.engine.locks import RwLock
 from exitsim.engine.ops import Acquire, Release, Run
 from exitsim.engine.thread import KPath
-from exitsim.vm.page import OBJECT, VmPage, uvm_pagealloc, uvm_pglistfree
+from exitsim.vm.page import OBJECT, VmPage, uvm_pagealloc, uvm_pagefree
 from exitsim.vm.pmap import pmap_page_protect_none
 from exitsim.vm.uvm import RangeAlignmentError
 
@@ -93,18 +93,18 @@ def pgo_reference(obj: UvmObject) -> None:
 
 def pgo_detach(uvm: Uvm, p: Thread, obj: UvmObject) -> KPath:
     """Drop a reference (``uvn_detach``/``uao_detach``). An anonymous object frees its
-    pages with its last reference; a vnode keeps them cached."""
+    pages with its last reference, one by one, each losing its mappings and going through
+    the page-queue lock and this CPU's magazines (``uao_detach``, uvm_aobj.c 1.116); a
+    vnode keeps them cached."""
     obj.uo_refs -= 1
     uvm.check(obj.uo_refs >= 0, 5, f"{obj}: uo_refs went negative", obj, p=p)
     if obj.uo_refs > 0 or obj.kind == VNODE:
         return
     uvm.check(not obj.freed, 5, f"{obj} freed twice", obj, p=p)
-    pgl = []
     for off in list(obj.pages):
         pg = obj.pages.pop(off)
         yield from pmap_page_protect_none(uvm, p, pg)
-        pgl.append(pg)
-    yield from uvm_pglistfree(uvm, p, pgl)
+        yield from uvm_pagefree(uvm, p, pg)
     obj.freed = True
 
 

@@ -41,7 +41,7 @@ from exitsim.machine.arch import (
     pmap_tlb_shoottlb,
     ttlb_flush_range,
 )
-from exitsim.vm.page import PTP, VmPage, uvm_pagealloc, uvm_pglistfree
+from exitsim.vm.page import PTP, VmPage, uvm_pagealloc, uvm_pagefree, uvm_pglistfree
 from exitsim.vm.uvm import PTP_PAGES, RangeAlignmentError
 
 if TYPE_CHECKING:
@@ -467,7 +467,10 @@ def _pmap_remove_amd64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int, flush:
         yield from pmap_tlb_shootrange(m, me, pm.tag, sva, eva, targets, shootself)
         if targets:
             yield Release(uvm.tlb_shoot_lock)
-    yield from uvm_pglistfree(uvm, p, empty)
+    # After the shootdown wait, the empty page-table pages go back one by one
+    # (amd64 pmap.c: a uvm_pagefree for each on empty_ptps).
+    for pg in empty:
+        yield from uvm_pagefree(uvm, p, pg)
 
 
 def pmap_page_protect_none(uvm: Uvm, p: Thread, page: VmPage) -> KPath:

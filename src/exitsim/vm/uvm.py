@@ -79,7 +79,7 @@ class Uvm:
         total_pages: int,
         debug: bool = False,
     ) -> None:
-        from exitsim.vm.page import PhysMem
+        from exitsim.vm.page import PhysMem, PmrCache
 
         self.engine = engine
         self.machine = machine
@@ -88,12 +88,23 @@ class Uvm:
         self.tlb = machine.tlb
         self.exact = machine.granularity == "exact"
         self.debug = debug
+        #: uvm_map.c 1.317-1.329: the teardown is entered with the kernel lock held,
+        #: drops it for the kill and detach phases (taking it back around an object's
+        #: detach) and takes it again for pmap_destroy. From 1.330 (2024-07-24) it
+        #: does no kernel-lock work at all. Set from the design (``Policy``).
+        self.teardown_drops_kernel_lock = False
         self.kernel_lock = kernel_lock
-        #: The free-page lock (``uvm.fpageqlock``): every allocation and free takes it.
+        #: The free-page lock (``uvm.fpageqlock``): held while pages go into or come out
+        #: of the pmemrange trees (a magazine refill or drain, a page-list free).
         self.fpageqlock = SpinMutex("fpageqlock")
+        #: The page-queue lock (``uvm.pageqlock``): held to put a page on the active
+        #: queue (faults) or take it off (``uvm_pageclean``), page by page.
+        self.pageqlock = SpinMutex("pageqlock")
         #: amd64 allows one TLB shootdown in flight (``tlb_shoot_wait``).
         self.tlb_shoot_lock = SpinMutex("tlb_shoot_wait")
         self.physmem: PhysMem = PhysMem(total_pages)
+        #: ``curcpu()->ci_uvm`` of every CPU: the per-CPU page magazines.
+        self.pmr_cache: list[PmrCache] = [PmrCache() for _ in range(machine.ncpu)]
         self.counters = UvmCounters()
         #: Every pmap by its TLB tag (arm64 even ASID, amd64 pmap id). Tags are never
         #: reused: ASID rollover is not modelled (the ASID space is 2^16 pairs).
@@ -102,6 +113,7 @@ class Uvm:
         #: Locks worth reporting, by name.
         self.locks: dict[str, Any] = {
             "fpageqlock": self.fpageqlock,
+            "pageqlock": self.pageqlock,
             "tlb_shoot_wait": self.tlb_shoot_lock,
         }
         self.next_shmid = 1

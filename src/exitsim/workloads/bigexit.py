@@ -141,7 +141,7 @@ class BigExit:
         yield Run(k.costs.syscall_ns)
         while not self.loaded:
             yield from tsleep(self.chan, "piperd")
-        yield Run(k.costs.io_syscall_ns)
+        yield Run(k.costs.read_ns)  # a read's body, unlocked (SY_NOLOCK) as syscall() has it
         for i in range(self.params.nworkers(k.machine.ncpu)):
             yield from fork1(k, p, f"worker{i}", self.worker)
         # Workers never exit before they are told to: the first child reaped is big.
