@@ -13,10 +13,11 @@ page, one per ASID of the pair, with no interrupt; cpu_tlb_flush_asid_all is one
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pytest
 
-from exitsim.engine.ops import Op
+from exitsim.engine.ops import USER, Op, Run
 from exitsim.engine.sched import Engine
 from exitsim.engine.thread import Thread
 from exitsim.machine.arch import (
@@ -361,6 +362,50 @@ def test_tlbi_sender_starting_during_another_broadcast_pays_the_contended_rate(
     r.go()
     assert max(r.elapsed("a"), r.elapsed("b")) == 2 * n * (c.tlbi_ns + c.tlbi_per_sender_ns)
     assert m.stats.broadcasts == 4 * n
+
+
+def test_a_broadcast_holds_up_a_cpu_running_user_code_by_receiver_ns_a_tlbi(
+    granularity: str,
+) -> None:
+    """arm64: every core processes the invalidations another core broadcasts (Qi Fuli's
+    ThunderX2 measurement, docs/model.md): a CPU running user code meanwhile loses
+    tlbi_receiver_ns per TLBI, charged to that user time; the sender pays nothing more.
+    An idle CPU loses nothing."""
+    m = Machine("arm64", 4, granularity)
+    c = m.costs
+    assert c.tlbi_receiver_ns > 0
+    n = 10
+    work = 1_000_000
+    r = Sim(m)
+    r.spawn("sender", lambda: ttlb_flush_range(m, (2, 3), 0, n))
+    r.spawn("user", lambda: iter([Run(work, USER)]))
+    r.go()
+    user = r.threads["user"]
+    assert r.elapsed("user") == work + 2 * n * c.tlbi_receiver_ns
+    assert user.user_ns == work + 2 * n * c.tlbi_receiver_ns
+    assert r.elapsed("sender") == 2 * n * c.tlbi_ns
+    # Without a receiver cost, the user run is untouched.
+    m0 = Machine("arm64", 4, granularity)
+    m0.costs = replace(m0.costs, tlbi_receiver_ns=0)
+    r0 = Sim(m0)
+    r0.spawn("sender", lambda: ttlb_flush_range(m0, (2, 3), 0, n))
+    r0.spawn("user", lambda: iter([Run(work, USER)]))
+    r0.go()
+    assert r0.elapsed("user") == work
+
+
+def test_a_concurrent_sender_is_not_held_up_as_a_receiver(granularity: str) -> None:
+    """Two CPUs broadcasting at once pay the per-sender slope, not each other's
+    receiver stall (that is what the slope measures)."""
+    m = Machine("arm64", 4, granularity)
+    c = m.costs
+    n = 10
+    r = Sim(m)
+    r.spawn("a", lambda: ttlb_flush_range(m, (2, 3), 0, n))
+    r.spawn("b", lambda: ttlb_flush_range(m, (4, 5), 0, n))
+    r.go()
+    assert r.threads["a"].sys_ns == r.threads["b"].sys_ns
+    assert r.elapsed("a") == 2 * n * (c.tlbi_ns + c.tlbi_per_sender_ns)
 
 
 def test_cpu_tlb_flush_asid_all_clears_both_asids_on_every_cpu(granularity: str) -> None:

@@ -118,7 +118,9 @@ class Broadcast:
     Each costs ``base_ns + per_sender_ns * (n - 1)`` of the sender's sys time, where n
     is the number of CPUs broadcasting meanwhile; when n changes, what is left of every
     broadcast in flight is repriced (cost-anchors row 10: latency grows almost linearly
-    with concurrent senders). ``action()`` runs when the last one completes, i.e. after
+    with concurrent senders). Every other CPU that is running a thread (and is not
+    broadcasting or spinning itself) is held up ``receiver_ns`` per invalidation, in
+    whatever it was doing. ``action()`` runs when the last one completes, i.e. after
     the trailing ``dsb ish``.
     """
 
@@ -127,6 +129,7 @@ class Broadcast:
     per_sender_ns: int = 0
     action: Callable[[], Any] | None = None
     label: str = "tlbi"
+    receiver_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -525,6 +525,8 @@ class Engine:
             c.bcast = None
             self.bcast_cpus.remove(c)
             self._rescale_broadcasts()
+            if op.receiver_ns and not self.step_each_op:
+                self._stall_receivers(c, op.count * op.receiver_ns)
             if op.action is not None:
                 op.action()
         if (t.saved_depths or t.interlock is not None) and not self._retake_locks(c, t):
@@ -801,6 +803,27 @@ class Engine:
         self.bcast_cpus.append(c)
         self._rescale_broadcasts()
         return False
+
+    def _stall_receivers(self, sender: Cpu, stall: int) -> None:
+        """A broadcast has completed on every other CPU's TLB: one running a thread
+        then loses ``stall`` in what it was doing (user or kernel code), charged to
+        that, as a core held up by the invalidations it had to process. Simplified:
+        charged at the end of the broadcast to the CPUs running then. An idle CPU
+        loses nothing anyone sees; a spinner's or another sender's time is already
+        waiting (a concurrent sender's cost is the per-sender slope)."""
+        for x in self.cpus:
+            t = x.thread
+            if x is sender or t is None or x.cont_at is None:
+                continue
+            if x.bcast is not None or x.spin_since >= 0 or x.acks_pending:
+                continue
+            if x.in_user:
+                x.acct[M_USER] += stall
+                t.user_ns += stall
+            else:
+                x.acct[M_SYS] += stall
+                t.sys_ns += stall
+            self._push_cont(x, x.cont_at + stall, x.in_user)
 
     def _rescale_broadcasts(self) -> None:
         """The number of CPUs broadcasting changed: what is left of each broadcast in

@@ -178,7 +178,9 @@ def ttlb_flush_range(m: Machine, asids: tuple[int, ...], start: int, end: int) -
                 tlb.invalidate_range(cpu, a, start, end)
 
     c = m.costs
-    yield Broadcast(count, c.tlbi_ns, c.tlbi_per_sender_ns, action, "tlbi_vae1is")
+    yield Broadcast(
+        count, c.tlbi_ns, c.tlbi_per_sender_ns, action, "tlbi_vae1is", c.tlbi_receiver_ns
+    )
 
 
 def cpu_tlb_flush_asid_all(m: Machine, asids: tuple[int, ...]) -> KPath:
@@ -194,4 +196,6 @@ def cpu_tlb_flush_asid_all(m: Machine, asids: tuple[int, ...]) -> KPath:
                 tlb.invalidate_asid(cpu, a)
 
     c = m.costs
-    yield Broadcast(len(asids), c.tlbi_ns, c.tlbi_per_sender_ns, action, "tlbi_aside1is")
+    yield Broadcast(
+        len(asids), c.tlbi_ns, c.tlbi_per_sender_ns, action, "tlbi_aside1is", c.tlbi_receiver_ns
+    )

@@ -39,6 +39,7 @@ COST_KEYS: dict[str, str] = {
     "tlb_local_flush_ns": "flush the local TLB of one address space or all of it",
     "tlbi_ns": "one broadcast TLB invalidation (tlbi ...is + dsb ish) with one sender",
     "tlbi_per_sender_ns": "extra per broadcast for each other CPU broadcasting meanwhile",
+    "tlbi_receiver_ns": "each other running CPU's stall per broadcast invalidation it receives",
     "kernel_lock_section_ns": "a short kernel-locked section of a syscall (demo workload)",
     "page_alloc_ns": (
         "take one page out of the pmemrange trees (under the free-page lock); a per-CPU "
@@ -108,6 +109,7 @@ class Costs:
     tlb_local_flush_ns: int
     tlbi_ns: int
     tlbi_per_sender_ns: int
+    tlbi_receiver_ns: int
     kernel_lock_section_ns: int
     page_alloc_ns: int
     page_free_ns: int
