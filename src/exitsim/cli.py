@@ -19,7 +19,7 @@ from exitsim.engine.errors import SimError
 from exitsim.machine.arch import ARCHES
 from exitsim.machine.costs import CostProfile, CostProfileError, load_profile
 from exitsim.machine.machine import GRANULARITIES
-from exitsim.report.files import OutputError, write_atomic
+from exitsim.report.files import STDOUT, OutputError, output_problem, write_atomic
 
 
 class UsageError(Exception):
@@ -52,9 +52,30 @@ _nonneg = _int_in(0)
 _cpus = _int_in(1, 256)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("exitsim")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _names(flag: str, text: str) -> list[str]:
+    """A comma-separated list of names, each once, none empty."""
+    names = [x.strip() for x in text.split(",")]
+    if not text.strip() or any(not n for n in names):
+        raise UsageError(f"{flag}: an empty entry in {text!r}")
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:
+        raise UsageError(f"{flag}: {dup!r} is given twice")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="exitsim", description="Simulate and check process-exit VM teardown.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    p.add_argument("--version", action="version", version=f"exitsim {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     d = sub.add_parser("demo", help="the engine demo: compute, kernel lock, TLB flushes")
@@ -149,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(c)
 
-    sub.add_parser("list", help="designs, arches and workloads, a line each")
+    ls = sub.add_parser("list", help="designs, arches and workloads, a line each")
+    ls.add_argument("--json", action="store_true", help="as a JSON object")
 
     cs = sub.add_parser("costs", help="the cost profile: every value, its meaning and source")
     cs.add_argument(
@@ -250,17 +272,44 @@ def _params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _console() -> Any:
+    """A rich console as wide as the terminal, never wider; when standard output is
+    not a terminal, as wide as $COLUMNS says, or 160."""
+    import os
+
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console()
+    try:
+        width = int(os.environ.get("COLUMNS", "160"))
+    except ValueError:
+        width = 160
+    return Console(width=max(40, width))
+
+
+def _cpu_list(text: str) -> list[int]:
+    """--cpus: whole numbers 1..256, each once, none empty."""
+    names = _names("--cpus", text)
+    try:
+        cpus = [int(x) for x in names]
+    except ValueError:
+        raise UsageError(f"--cpus: not a list of whole numbers: {text!r}") from None
+    if any(not 1 <= n <= 256 for n in cpus):
+        raise UsageError(f"--cpus: each must be 1..256 (got {text})")
+    if len(set(cpus)) != len(cpus):
+        raise UsageError(f"--cpus: a CPU count is given twice in {text!r}")
+    return cpus
+
+
 def _check_dir(flag: str, path: str | None) -> None:
-    """Refuse an output file that is empty, a directory, or in a directory that does
-    not exist, before any run."""
+    """Refuse an output that is empty, a directory, or in a directory that does not
+    exist, before any run (``report/files.py`` says what every other kind gets)."""
     if path is None:
         return
-    if not path:
-        raise UsageError(f"{flag}: the file name is empty")
-    if Path(path).is_dir():
-        raise UsageError(f"{flag}: {path} is a directory")
-    if not Path(path).parent.is_dir():
-        raise UsageError(f"{flag}: directory {Path(path).parent} does not exist")
+    problem = output_problem(path)
+    if problem is not None:
+        raise UsageError(f"{flag}: {problem}")
 
 
 def _check_plot(path: str | None) -> None:
@@ -325,11 +374,34 @@ def _validate(cfg: Any) -> None:
 
 
 def _echo(console: Any, items: dict[str, Any]) -> None:
-    """The config as ``# key value`` lines; a process tree as its size, not its text."""
+    """The config as ``# key value`` lines: a generator's parameters with every value
+    it ran with (those given marked ``*``), a process tree as its size, not its text;
+    then the cost profile of each arch."""
+    from dataclasses import asdict
+
+    from exitsim.machine.costs import builtin_profile, source_kind
+    from exitsim.workloads.registry import WORKLOADS, check_params
+
     for key, value in items.items():
-        if key == "workload_params" and items.get("workload") == "tree":
-            value = f"{len(value.get('process', ()))} processes ({value.get('name') or 'unnamed'})"
-        console.print(f"# {key} {value}", highlight=False, markup=False)
+        if key in ("workload_params", "params"):
+            if items.get("workload") == "tree" or "process" in value:
+                name = value.get("name") or "unnamed"
+                value = f"{len(value.get('process', ()))} processes ({name})"
+            elif items.get("workload") in WORKLOADS:
+                full = asdict(check_params(items["workload"], value))
+                value = " ".join(f"{k}={v}{'*' if k in value else ''}" for k, v in full.items())
+        console.print(f"# {key} {value}", highlight=False, markup=False, soft_wrap=True)
+    arches = items.get("arches") or items.get("arch") or ""
+    for arch in str(arches).split(","):
+        if arch in ARCHES:
+            prof = builtin_profile(arch)
+            n = sum(source_kind(src) == "assumption" for src in prof.sources.values())
+            console.print(
+                f"# costs {arch}: {prof.path}, {n} of {len(prof.sources)} values assumptions"
+                " (exitsim costs)",
+                highlight=False,
+                markup=False,
+            )
 
 
 def _write_outputs(args: argparse.Namespace, results: Any) -> bool:
@@ -342,13 +414,13 @@ def _write_outputs(args: argparse.Namespace, results: Any) -> bool:
         from exitsim.report.plots import write_plot
 
         write_plot(results, args.plot)
-    if args.json:
+    if args.json and args.output != STDOUT:
         sys.stdout.write(text)
-    return bool(args.json)
+    # With -o - the JSON is what standard output is for: no table after it.
+    return bool(args.json) or args.output == STDOUT
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     from exitsim.report.compare import compare_tables
     from exitsim.report.progress import bar, wanted
@@ -360,24 +432,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_plot(args.plot)
     cfg = _config(args, args.policy, args.arch, args.cpus)
     _validate(cfg)
-    show = wanted(args.quiet or args.json)
-    with bar("simulating", None, "", show) as b:
+    quiet = args.quiet or args.json
+    with bar("simulating", None, "", wanted(quiet), lines=not quiet) as b:
 
         def progress(now_ns: int, exited: int) -> None:
             b.note(f"{now_ns / 1e6:,.0f} ms simulated, {exited} processes exited")
 
+        report = None if quiet else progress
         if args.trace:
             from exitsim.sim import simulate_traced
 
-            result, trace = simulate_traced(cfg, progress if show else None)
+            result, trace = simulate_traced(cfg, report)
             write_atomic(args.trace, trace)
         else:
-            result = simulate(cfg, progress if show else None)
+            result = simulate(cfg, report)
     if _write_outputs(args, result):
         return 0
-    console = Console(width=max(120, Console().width))
+    console = _console()
     _echo(console, result["config"])
-    for t in compare_tables([result], result["config"]["policy"]):
+    for t in compare_tables([result], result["config"]["policy"], console.width):
         console.print(t)
     console.print(cpu_table(result))
     console.print(lock_table(result))
@@ -387,6 +460,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"known violations of this design (counted, not stopped): {kv}", markup=False)
     if args.plot:
         console.print(f"plot: {args.plot}", markup=False)
+    if args.trace:
+        console.print(f"trace: {args.trace} (open it in the Perfetto UI)", markup=False)
     return 0
 
 
@@ -396,19 +471,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     _check_dir("--output", args.output)
     _check_plot(args.plot)
-    policies = [x for x in args.policies.split(",") if x]
-    arches = [x for x in args.arches.split(",") if x]
+    policies = _names("--policies", args.policies)
+    arches = _names("--arches", args.arches)
     for a in arches:
         if a not in ARCHES:
             raise UsageError(f"--arches: unknown arch {a!r} (known: {', '.join(ARCHES)})")
-    try:
-        cpus = [int(x) for x in args.cpus.split(",") if x]
-    except ValueError:
-        raise UsageError(f"--cpus: not a list of whole numbers: {args.cpus!r}") from None
-    if not cpus or any(not 1 <= n <= 256 for n in cpus):
-        raise UsageError(f"--cpus: each must be 1..256 (got {args.cpus})")
-    if not policies:
-        raise UsageError("--policies: name at least one design")
+    cpus = _cpu_list(args.cpus)
     # Each named design, then the one in --policy-file (which names itself).
     designs = [(pol, None) for pol in policies]
     if args.policy_file:
@@ -424,9 +492,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     results = _map_runs(simulate, configs, args.workers, quiet=args.json or args.quiet)
     if _write_outputs(args, results):
         return 0
-    from rich.console import Console
+    from exitsim.report.verdict import verdict_lines
 
-    console = Console(width=max(160, Console().width))
+    console = _console()
     _echo(
         console,
         {
@@ -440,7 +508,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         },
     )
     baseline = results[0]["config"]["policy"]
-    for t in compare_tables(results, baseline):
+    for line in verdict_lines(results, baseline):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print()
+    for t in compare_tables(results, baseline, console.width):
         console.print(t)
     if args.plot:
         console.print(f"plot: {args.plot}", markup=False)
@@ -452,7 +523,7 @@ def _map_runs(fn: Any, configs: list[Any], workers: int, quiet: bool) -> list[An
     bar on stderr when it is a terminal and not ``quiet``."""
     from exitsim.report.progress import bar, wanted
 
-    with bar("compare", len(configs), "runs", wanted(quiet)) as b:
+    with bar("compare", len(configs), "runs", wanted(quiet), lines=not quiet) as b:
         if workers <= 1 or len(configs) == 1:
             out = []
             for cfg in configs:
@@ -474,6 +545,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     from exitsim.policies.registry import DESIGNS
     from exitsim.workloads.registry import WORKLOADS
 
+    if args.json:
+        data = {
+            "designs": [{"name": n, "summary": c.summary} for n, c in DESIGNS.items()],
+            "arches": [{"name": n, "summary": a.description} for n, a in ARCHES.items()],
+            "workloads": [{"name": n, "summary": g.summary} for n, g in WORKLOADS.items()],
+        }
+        print(json.dumps(data, indent=1))
+        return 0
     print("designs:")
     for name, cls in DESIGNS.items():
         print(f"  {name:18} {cls.summary}")
@@ -521,12 +600,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
     from exitsim.report import claims as cl
 
     _check_dir("--output", args.output)
-    try:
-        cpus = tuple(int(x) for x in args.cpus.split(",") if x)
-    except ValueError:
-        raise UsageError(f"--cpus: not a list of whole numbers: {args.cpus!r}") from None
-    if not cpus or any(not 1 <= n <= 256 for n in cpus) or len(set(cpus)) != len(cpus):
-        raise UsageError(f"--cpus: each must be 1..256, each once (got {args.cpus})")
+    cpus = tuple(_cpu_list(args.cpus))
     chosen = cl.CLAIMS
     if args.claim:
         known = {c.key: c for c in cl.CLAIMS}
@@ -624,7 +698,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from exitsim.report.progress import bar, wanted
 
     results = []
-    with bar("check", len(scenarios), "scenarios", wanted(args.quiet or args.json)) as b:
+    quiet = args.quiet or args.json
+    with bar("check", len(scenarios), "scenarios", wanted(quiet), lines=not quiet) as b:
         for sc in scenarios:
 
             def progress(n: int, states: int, sc=sc) -> None:
@@ -743,6 +818,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ResultFileError as e:
         raise UsageError(str(e)) from None
     write_atomic(args.output, report_html(results, Path(args.result).name))
+    if args.output != STDOUT:
+        n = len(results) if isinstance(results, list) else 1
+        print(f"report: {args.output} ({n} run{'s' if n != 1 else ''}; open it in a browser)")
     return 0
 
 

@@ -74,7 +74,10 @@ class Cell:
 
     @property
     def title(self) -> str:
-        return f"{self.arch}, {self.cpus} CPUs, workload {self.workload} (ratio to {self.baseline})"
+        head = f"{self.arch}, {self.cpus} CPUs, workload {self.workload}"
+        if len(self.rows) < 2:
+            return head
+        return f"{head} (ratio to {self.baseline})"
 
 
 def compare_cells(results: list[dict[str, Any]], baseline: str) -> list[Cell]:
@@ -105,15 +108,68 @@ def compare_cells(results: list[dict[str, Any]], baseline: str) -> list[Cell]:
     return cells
 
 
-def compare_tables(results: list[dict[str, Any]], baseline: str) -> list[Table]:
-    """One table per (arch, CPUs), designs as rows, in the order given."""
+#: Columns a narrow terminal loses first, in this order; the design and wall time
+#: always stay (docs/reports.md, "Fitting the terminal").
+DROP_ORDER: tuple[str, ...] = (
+    "held MiB*s",
+    "backlog",
+    "exit p99 us",
+    "tlbi/ipi",
+    "%sys",
+    "reaper ms",
+    "exit p50 us",
+    "klock wait ms",
+    "sys/proc us",
+)
+
+
+def _column_width(title: str, cells: list[str]) -> int:
+    """What rich needs for a column: its widest cell, or the widest word of its
+    heading (headings wrap at spaces), plus a space each side and a rule."""
+    words = max(len(w) for w in title.split())
+    return max([words, *(len(c) for c in cells)]) + 3
+
+
+def fitted_columns(cells: list[Cell], width: int) -> list[int]:
+    """The metric columns (indices into METRICS) that fit ``width`` with every design
+    name whole, dropping by ``DROP_ORDER``."""
+    keep = list(range(len(METRICS)))
+    names = [d for cell in cells for d, _ in cell.rows]
+    name_w = max([len("design"), *(len(n) for n in names)]) + 3
+
+    def needed(cols: list[int]) -> int:
+        w = name_w + 1
+        for i in cols:
+            texts = [
+                f"{v} ({q})" if q else v
+                for cell in cells
+                for _, vs in cell.rows
+                for v, q in [vs[i]]
+            ]
+            w += _column_width(METRICS[i][0], texts)
+        return w
+
+    for title in DROP_ORDER:
+        if needed(keep) <= width:
+            break
+        keep.remove(next(i for i, m in enumerate(METRICS) if m[0] == title))
+    return keep
+
+
+def compare_tables(
+    results: list[dict[str, Any]], baseline: str, width: int | None = None
+) -> list[Table]:
+    """One table per (arch, CPUs), designs as rows, in the order given; with a
+    ``width``, only the columns that fit it (``fitted_columns``)."""
+    cells = compare_cells(results, baseline)
+    cols = list(range(len(METRICS))) if width is None else fitted_columns(cells, width)
     tables = []
-    for cell in compare_cells(results, baseline):
+    for cell in cells:
         t = Table(title=cell.title)
-        t.add_column("design")
-        for title, _, _ in METRICS:
-            t.add_column(title, justify="right")
+        t.add_column("design", no_wrap=True)
+        for i in cols:
+            t.add_column(METRICS[i][0], justify="right")
         for design, values in cell.rows:
-            t.add_row(design, *(f"{v} ({q})" if q else v for v, q in values))
+            t.add_row(design, *(f"{v} ({q})" if q else v for v, q in (values[i] for i in cols)))
         tables.append(t)
     return tables
