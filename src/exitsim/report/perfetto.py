@@ -11,7 +11,11 @@ What is in it (docs/traces.md has the why):
 * flow arrows from each IPI sent to its handler, and from each lock hand-off (a release
   with a waiter) to the waiter that got the lock;
 * counters: run-queue length, free pages, reaper backlog, zombies, and pages still
-  mapped by processes that began exiting.
+  mapped by processes that began exiting;
+* a process track per process (its pid and comm) and under it a thread track per
+  thread (pid, tid, name), kernel threads too: the thread's slices, as on the CPU
+  track, wherever it runs (``user`` for its user time), so one process can be
+  followed across CPUs; no slice while it sleeps or waits to run.
 
 Timestamps are the model's own integer nanoseconds. Track uuids are ``TRACK_BASE`` and
 up: non-zero, unique, and never a pid (pids are small integers counted from 1).
@@ -43,6 +47,9 @@ if TYPE_CHECKING:
 #: The first track uuid; CPU c is TRACK_BASE + c, counters start at COUNTER_BASE.
 TRACK_BASE = 1_000_000_000
 COUNTER_BASE = TRACK_BASE + 100_000
+#: Process ``pid``'s track is PROCESS_BASE + pid; thread ``tid``'s is THREAD_BASE + tid.
+PROCESS_BASE = 2 * TRACK_BASE
+THREAD_BASE = 3 * TRACK_BASE
 
 # -- the protobuf wire format ------------------------------------------------------------
 # Field numbers from perfetto/protos/perfetto/trace/{trace,trace_packet}.proto and
@@ -61,12 +68,19 @@ _INT_EVENT_NAMES = 2
 _INT_ANNOTATION_NAMES = 3
 _TD_UUID = 1
 _TD_NAME = 2
+_TD_PROCESS = 3
+_TD_THREAD = 4
 _TD_PARENT = 5
 _TD_COUNTER = 8
 _TD_CHILD_ORDERING = 11
 _TD_RANK = 12
 _CD_UNIT_NAME = 6
 _ORDER_EXPLICIT = 3
+_PD_PID = 1  # ProcessDescriptor
+_PD_NAME = 6
+_THD_PID = 1  # ThreadDescriptor
+_THD_TID = 2
+_THD_NAME = 5
 _TE_ANNOTATIONS = 4
 _TE_TYPE = 9
 _TE_NAME_IID = 10
@@ -155,16 +169,29 @@ class TraceWriter:
     def track(
         self,
         uuid: int,
-        name: str,
+        name: str | None,
         parent: int | None = None,
         counter_unit: str | None = None,
         rank: int | None = None,
         explicit_order: bool = False,
+        process: tuple[int, str] | None = None,
+        thread: tuple[int, int, str] | None = None,
     ) -> int:
-        """Declare a track; ``counter_unit`` makes it a counter track."""
+        """Declare a track; ``counter_unit`` makes it a counter track, ``process``
+        (pid, name) a process's track, ``thread`` (pid, tid, name) a thread's. Those
+        two take their name from the UI, so ``name`` is None for them."""
         if uuid <= 0 or uuid in self.track_uuids:
             raise ValueError(f"track uuid {uuid} is zero or taken")
-        body = _vfield(_TD_UUID, uuid) + _sfield(_TD_NAME, name)
+        body = _vfield(_TD_UUID, uuid)
+        if name is not None:
+            body += _sfield(_TD_NAME, name)
+        if process is not None:
+            pid, pname = process
+            body += _bfield(_TD_PROCESS, _vfield(_PD_PID, pid) + _sfield(_PD_NAME, pname))
+        if thread is not None:
+            pid, tid, tname = thread
+            desc = _vfield(_THD_PID, pid) + _vfield(_THD_TID, tid) + _sfield(_THD_NAME, tname)
+            body += _bfield(_TD_THREAD, desc)
         if parent is not None:
             body += _vfield(_TD_PARENT, parent)
         if counter_unit is not None:
@@ -291,10 +318,11 @@ class TraceWriter:
 
 _WORKLOADS_DIR = os.path.dirname(exitsim.workloads.__file__) + os.sep
 
-# A slice open on a CPU track: (key, name, start, seq, args). ``key`` tells a new call
-# from the one already open: the generator for a kernel function, the thread for user
-# time, the lock for a spin, the op for a wait.
-_Frame = tuple[object, str, int, int, dict[str, ArgValue] | None]
+# A slice open on a CPU track: (key, name, start, seq, args, thread). ``key`` tells a
+# new call from the one already open: the generator for a kernel function, the thread
+# for user time, the lock for a spin, the op for a wait. ``thread`` is the thread whose
+# slice it is (drawn on its thread track too), None for the CPU's own (cpu_switchto).
+_Frame = tuple[object, str, int, int, dict[str, ArgValue] | None, "Thread | None"]
 
 #: The counter tracks, in the order they are shown: (key, name, unit).
 COUNTERS = (
@@ -320,10 +348,11 @@ def thread_label(t: Thread) -> str:
 
 
 class _CpuTrack:
-    __slots__ = ("frames", "uuid")
+    __slots__ = ("frames", "name", "uuid")
 
-    def __init__(self, uuid: int) -> None:
+    def __init__(self, uuid: int, name: str) -> None:
         self.uuid = uuid
+        self.name = name
         self.frames: list[_Frame] = []
 
 
@@ -340,7 +369,7 @@ class TraceRecorder:
         self.k = k
         self.eng = eng
         self.w = w = TraceWriter()
-        self.cpus = [_CpuTrack(TRACK_BASE + c.index) for c in eng.cpus]
+        self.cpus = [_CpuTrack(TRACK_BASE + c.index, f"cpu{c.index}") for c in eng.cpus]
         self._code_names: dict[CodeType, str] = {}
         self._flow = 0
         self._ipi_flows: dict[tuple[int, int], int] = {}
@@ -357,7 +386,7 @@ class TraceRecorder:
             title = f"{k.policy.name} {m.arch.name} {m.ncpu} CPUs"
         root = w.track(TRACK_BASE - 1, title, explicit_order=True)
         for i, ct in enumerate(self.cpus):
-            w.track(ct.uuid, f"cpu{i}", parent=root, rank=i)
+            w.track(ct.uuid, ct.name, parent=root, rank=i)
         for i, (key, name, unit) in enumerate(COUNTERS):
             uuid = w.track(COUNTER_BASE + i, name, parent=root, counter_unit=unit, rank=1000 + i)
             self.counter_tracks[key] = uuid
@@ -487,18 +516,48 @@ class TraceRecorder:
                 args = {"thread": thread_label(t), "tid": t.tid}
             if j == last and leaf_args:
                 args = {**args, **leaf_args} if args else leaf_args
-            frames.append((key, name, now, w.next_seq(), args))
+            frames.append((key, name, now, w.next_seq(), args, t))
 
     def _close_to(self, ct: _CpuTrack, depth: int, now: int) -> None:
         """Close the slices open on ``ct`` deeper than ``depth``. A slice that took no
-        time is dropped: uncontended lock calls and the like would only clutter."""
+        time is dropped: uncontended lock calls and the like would only clutter. A
+        thread's slice is drawn on its thread track too, at the same depth: its slices
+        on a CPU start at the bottom, and all of them end when it leaves the CPU."""
         w = self.w
         frames = ct.frames
         while len(frames) > depth:
-            _, name, start, seq, args = frames.pop()
+            key, name, start, seq, args, t = frames.pop()
             if now > start:
                 w.begin(start, seq, ct.uuid, name, args)
                 w.end(now, w.next_seq(), ct.uuid)
+                if t is not None:
+                    self._thread_slice(ct, len(frames), key, name, start, seq, args, t, now)
+
+    def _thread_slice(
+        self,
+        ct: _CpuTrack,
+        depth: int,
+        key: object,
+        name: str,
+        start: int,
+        seq: int,
+        args: dict[str, ArgValue] | None,
+        t: Thread,
+        now: int,
+    ) -> None:
+        """A slice of ``t`` on its thread track: user time is ``user``; the outermost
+        names the CPU instead of the thread; the leaves keep their arguments. A thread
+        of no process (the engine's own demos) has no track."""
+        if getattr(t, "p_p", None) is None:
+            return
+        w = self.w
+        if args:
+            args = {k: v for k, v in args.items() if k not in ("thread", "tid")}
+        if depth == 0:
+            args = {"cpu": ct.name, **args} if args else {"cpu": ct.name}
+        track = THREAD_BASE + t.tid
+        w.begin(start, seq, track, "user" if key is t else name, args)
+        w.end(now, w.next_seq(), track)
 
     def _on_op(self, now: int, cpu: int, t: Thread, op: Any) -> None:
         self._ops_seen += 1
@@ -636,6 +695,25 @@ class TraceRecorder:
         for ts, seq, track, family, args in self._sleeper_flows.values():
             w.instant(ts, seq, track, f"hand off {family}", args)
         self._sleeper_flows.clear()
+        self._process_tracks()
+
+    def _process_tracks(self) -> None:
+        """A track per process (pid, comm as at the end of the run) and, under it, one
+        per thread (pid, tid, name; the main thread's is the comm, as exec renames it),
+        for every thread of the run, in pid and tid order."""
+        w = self.w
+        by_pid: dict[int, tuple[Any, list[Any]]] = {}
+        for t in self.eng.threads:
+            pr = getattr(t, "p_p", None)
+            if pr is None:
+                continue
+            by_pid.setdefault(pr.ps_pid, (pr, []))[1].append(t)
+        for pid in sorted(by_pid):
+            pr, threads = by_pid[pid]
+            ptrack = w.track(PROCESS_BASE + pid, None, process=(pid, pr.comm))
+            for t in sorted(threads, key=lambda x: x.tid):
+                name = pr.comm if t is pr.ps_mainproc else t.name
+                w.track(THREAD_BASE + t.tid, None, parent=ptrack, thread=(pid, t.tid, name))
 
     def to_bytes(self) -> bytes:
         self.close()
@@ -647,11 +725,16 @@ class TraceRecorder:
 
 @dataclass(slots=True)
 class Track:
+    """A track descriptor; a process's or thread's track has its pid (and tid), and
+    its process or thread name as ``name``."""
+
     uuid: int
     name: str
     parent: int | None = None
     counter: bool = False
     rank: int | None = None
+    pid: int | None = None
+    tid: int | None = None
 
 
 @dataclass(slots=True)
@@ -756,6 +839,14 @@ def read_trace(data: bytes) -> tuple[dict[int, Track], list[Event]]:
                         tr.counter = True
                     elif h == _TD_RANK:
                         tr.rank = x
+                    elif h in (_TD_PROCESS, _TD_THREAD):
+                        d = {k: y for k, _, y in _fields(x)}
+                        tr.pid = d.get(_PD_PID)  # the same field number in both
+                        if h == _TD_THREAD:
+                            tr.tid = d.get(_THD_TID)
+                        name = d.get(_PD_NAME if h == _TD_PROCESS else _THD_NAME)
+                        if name is not None and not tr.name:
+                            tr.name = name.decode()
                 if tr.uuid in tracks:
                     raise ValueError(f"track uuid {tr.uuid} declared twice")
                 tracks[tr.uuid] = tr
