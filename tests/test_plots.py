@@ -1,6 +1,7 @@
 """Plots: valid PNG and SVG with the panels each figure promises, showing the result's
-own numbers, byte-identical for the same result (in another process too), and a bad
-suffix refused before anything runs."""
+own numbers (distributions whole: the exit-latency CDF, lock waits by duration), one
+scale rule, times for people, byte-identical for the same result (in another process
+too), and a bad suffix refused before anything runs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,17 @@ import pytest
 from PIL import Image
 
 from exitsim.cli import main
-from exitsim.report.plots import compare_figure, render, run_figure, write_plot
+from exitsim.report.plots import (
+    LOG_SPAN,
+    compare_figure,
+    format_ns,
+    ratios,
+    render,
+    run_figure,
+    time_unit,
+    wait_hist,
+    write_plot,
+)
 from exitsim.sim import SimConfig, simulate
 from exitsim.vm.uvm import PAGE_SIZE
 from tests.clikit import assert_usage_error
@@ -55,8 +66,13 @@ def drawn(results: list[dict[str, Any]], one: dict[str, Any]) -> dict[str, bytes
     }
 
 
+def _all_axes(fig: Any) -> list[Any]:
+    """The axes of a figure and of its subfigures (the lanes of a step panel)."""
+    return [*fig.axes, *(ax for sub in fig.subfigs for ax in _all_axes(sub))]
+
+
 def _axes_by_gid(fig: Any) -> dict[str, Any]:
-    return {ax.get_gid(): ax for ax in fig.axes if ax.get_gid()}
+    return {ax.get_gid(): ax for ax in _all_axes(fig) if ax.get_gid()}
 
 
 def test_compare_svg_is_valid_and_has_a_panel_per_question_and_arch(
@@ -66,31 +82,41 @@ def test_compare_svg_is_valid_and_has_a_panel_per_question_and_arch(
     root = ET.fromstring(svg)  # well-formed XML
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     ids = {el.get("id") for el in root.iter()}
-    for kind in ("wall", "sys", "locks", "held"):
+    for kind in ("wall", "ratio", "sys", "latency", "locks", "waits"):
         for arch in ARCHES:
             assert f"{kind}-{arch}" in ids
+    for arch in ARCHES:  # a lane per design
+        assert {f"held-{arch}-{i}" for i in range(len(DESIGNS))} <= ids
     # Text is drawn as paths; matplotlib keeps each string as a comment beside it.
     for text in (
         "arm64: wall time vs CPUs",
+        "amd64: wall time relative to reaper",
         "amd64, 2 CPUs: sys time charged per process",
+        "arm64, 2 CPUs: exit latency (CDF)",
         "arm64, 2 CPUs: lock wait by lock",
+        "amd64, 2 CPUs: lock waits by duration (all locks)",
         "amd64, 2 CPUs: memory held after exit",
         "wall time (ms)",
+        "wall time / reaper's (below 1: faster)",
         "charged sys time per process (ms)",
+        "exit1 entry to the parent's wait4 return (log scale)",
+        "one wait, in log2 buckets (log scale)",
         "held after exit (MiB)",
         "simulated time (ms)",
-        "CPUs",
+        "CPUs (log 2 scale)",
     ):
         assert f"<!-- {text} -->" in svg, text
 
 
-def test_run_svg_has_its_four_panels(drawn: dict[str, bytes]) -> None:
+def test_run_svg_has_its_six_panels(drawn: dict[str, bytes]) -> None:
     svg = drawn["run.svg"].decode()
     ids = {el.get("id") for el in ET.fromstring(svg).iter()}
-    assert {"sys", "locks", "held", "backlog"} <= ids
+    assert {"sys", "latency", "locks", "waits", "held", "backlog", "zombies"} <= ids
     for text in (
         "sys time charged per process, by command",
+        "exit latency (CDF)",
         "lock wait by lock",
+        "lock waits by duration, per lock",
         "memory held after exit",
         "reaper backlog (threads on deadproc) and zombies",
         "cc1",
@@ -105,7 +131,7 @@ def test_png_is_a_png_with_no_date_or_version(drawn: dict[str, bytes]) -> None:
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     im = Image.open(io.BytesIO(data))
     im.load()  # decodes every chunk: a truncated or corrupt file raises
-    assert im.format == "PNG" and im.width > 1000 and im.height > 800
+    assert im.format == "PNG" and im.width > 1000 and im.height > 1200
     assert im.info.get("Software") == "exitsim"
     assert "Creation Time" not in im.info
     assert b"matplotlib" not in data.lower()
@@ -119,29 +145,131 @@ def test_svg_has_no_date_or_version(name: str, drawn: dict[str, bytes]) -> None:
 
 
 def test_the_panels_show_the_results_own_numbers(results: list[dict[str, Any]]) -> None:
-    """Wall time per design and CPU count; a point per exited process at the largest
-    CPU count; the held-after-exit series as they are, in MiB; the stacked lock waits
-    summing to each design's total."""
+    """Wall time per design and CPU count, and its ratio to the baseline's; a point
+    per exited process at the largest CPU count; the held-after-exit series as they
+    are, in MiB, as step lines, a lane per design; the lock-wait bars of each design
+    summing to its total."""
     axes = _axes_by_gid(compare_figure(results))
     for arch in ARCHES:
         mine = [r for r in results if r["config"]["arch"] == arch]
+        _, size = time_unit(max(r["makespan_ns"] for r in mine))
         lines = {ln.get_label(): ln for ln in axes[f"wall-{arch}"].get_lines()}
+        ratio = {ln.get_label(): ln for ln in axes[f"ratio-{arch}"].get_lines()}
+        base = {r["config"]["cpus"]: r["makespan_ns"] for r in mine[:: len(DESIGNS)]}
         for d in DESIGNS:
             rs = [r for r in mine if r["config"]["policy"] == d]
             assert list(lines[d].get_xdata()) == [r["config"]["cpus"] for r in rs]
-            assert list(lines[d].get_ydata()) == [r["makespan_ns"] / 1e6 for r in rs]
+            assert list(lines[d].get_ydata()) == [r["makespan_ns"] / size for r in rs]
+            want = [r["makespan_ns"] / base[r["config"]["cpus"]] for r in rs]
+            assert list(ratio[d].get_ydata()) == pytest.approx(want)
+            assert [y for _, y in ratios(results, arch, d)] == pytest.approx(want)
+        assert set(ratio[DESIGNS[0]].get_ydata()) == {1.0}
         top = [r for r in mine if r["config"]["cpus"] == max(CPUS)]
         points = sum(len(c.get_offsets()) for c in axes[f"sys-{arch}"].collections)
         assert points == sum(len(r["per_process"]) for r in top)
-        held = axes[f"held-{arch}"].get_lines()
-        for ln, r in zip(held, top, strict=True):
-            series = r["series"]["held_after_exit_pages"]
-            assert list(ln.get_ydata()) == [v * PAGE_SIZE / (1 << 20) for _, v in series]
-        bars = axes[f"locks-{arch}"].patches
         for i, r in enumerate(top):
-            stack = sum(b.get_height() for b in bars if round(b.get_x() + b.get_width() / 2) == i)
-            total = sum(s["wait_ns"] for s in r["locks"].values()) / 1e6
-            assert stack == pytest.approx(total)
+            (ln,) = axes[f"held-{arch}-{i}"].get_lines()
+            series = r["series"]["held_after_exit_pages"]
+            assert ln.get_drawstyle() == "steps-post"
+            assert list(ln.get_ydata()) == [v * PAGE_SIZE / (1 << 20) for _, v in series]
+        _, lsize = time_unit(max(s["wait_ns"] for r in top for s in r["locks"].values()))
+        bars = axes[f"locks-{arch}"].containers
+        for r, bar in zip(top, bars, strict=True):
+            assert bar.get_label() == r["config"]["policy"]
+            total = sum(s["wait_ns"] for s in r["locks"].values()) / lsize
+            assert sum(b.get_height() for b in bar) == pytest.approx(total)
+
+
+def test_the_exit_latency_cdf_is_the_sorted_latencies_up_to_one(
+    results: list[dict[str, Any]], one: dict[str, Any]
+) -> None:
+    """A CDF line per design: its x values the latencies (ns) sorted, its y the share
+    of processes at or below each, ending at 1.0; on a log time axis."""
+    axes = _axes_by_gid(compare_figure(results))
+    for arch in ARCHES:
+        top = [r for r in results if r["config"]["arch"] == arch and r["config"]["cpus"] == 2]
+        ax = axes[f"latency-{arch}"]
+        assert ax.get_xscale() == "log"
+        lines = {ln.get_label().split(":")[0]: ln for ln in ax.get_lines()}
+        for r in top:
+            lat = [p["exit_latency_ns"] for p in r["per_process"]]
+            lat = sorted(v for v in lat if v is not None)
+            ln = lines[r["config"]["policy"]]
+            assert list(ln.get_xdata()) == lat
+            ys = list(ln.get_ydata())
+            assert ys[-1] == 1.0 and ys == sorted(ys) and len(ys) == len(lat)
+            assert ln.get_drawstyle() == "steps-post"
+            p = r["processes"]
+            assert f"p50 {format_ns(p['exit_latency_ns_p50'])}" in ln.get_label()
+            assert f"p99 {format_ns(p['exit_latency_ns_p99'])}" in ln.get_label()
+    (ln, _marks) = _axes_by_gid(run_figure(one))["latency"].get_lines()
+    lat = [p["exit_latency_ns"] for p in one["per_process"] if p["exit_latency_ns"] is not None]
+    assert list(ln.get_xdata()) == sorted(lat)
+    assert ln.get_ydata()[-1] == 1.0
+
+
+def test_lock_waits_by_duration_are_the_results_log2_buckets(
+    results: list[dict[str, Any]], one: dict[str, Any]
+) -> None:
+    """The Result counts each lock wait in a power-of-two bucket; the panel draws a
+    bar per bucket with a wait in it, the count as its height, inside its bucket."""
+    for r in results:
+        for s in r["locks"].values():
+            hist = s["wait_log2_hist"]
+            assert sum(hist) <= s["contended"]
+            assert not hist or hist[-1]  # no trailing zeros
+            # The longest wait (its hand-off included) is in the top bucket or above.
+            assert len(hist) <= s["max_wait_ns"].bit_length() + 1
+    axes = _axes_by_gid(run_figure(one))
+    waited = [n for n, s in one["locks"].items() if s["wait_ns"]]
+    assert waited, "the run should wait for some lock"
+    bars = {c.get_label().split(":")[0]: c for c in axes["waits"].containers}
+    assert set(bars) == set(waited)
+    for name in waited:
+        hist = one["locks"][name]["wait_log2_hist"]
+        assert wait_hist(one, [name]) == hist
+        drawn = [(b.get_x(), b.get_height()) for b in bars[name]]
+        assert [h for _, h in drawn] == [n for n in hist if n]
+        for (x, _), b in zip(drawn, [b for b, n in enumerate(hist) if n], strict=True):
+            assert 2.0 ** (b - 1) <= x < 2.0**b
+    assert axes["waits"].get_xscale() == "log"
+
+
+def test_one_scale_rule_linear_unless_the_values_span_over_100_times(
+    one: dict[str, Any],
+) -> None:
+    """The sys-time panel is linear from 0 for this run; give one process 1000 times
+    the largest sys time and it turns logarithmic, and its label says so."""
+    sys_ns = [p["sys_ns"] for p in one["per_process"]]
+    assert max(sys_ns) <= LOG_SPAN * min(v for v in sys_ns if v > 0)
+    ax = _axes_by_gid(run_figure(one))["sys"]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+    assert "log" not in ax.get_ylabel()
+    big = dict(one)
+    big["per_process"] = [dict(p) for p in one["per_process"]]
+    big["per_process"][0]["sys_ns"] = 1000 * max(sys_ns)
+    ax = _axes_by_gid(run_figure(big))["sys"]
+    assert ax.get_yscale() in ("log", "symlog")
+    assert "log scale" in ax.get_ylabel()
+
+
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [
+        (0, "0"),
+        (7, "7 ns"),
+        (950, "950 ns"),
+        (1_000, "1.00 us"),
+        (12_345, "12.3 us"),
+        (999_700, "1.00 ms"),
+        (2_400_000, "2.40 ms"),
+        (123_456_789, "123 ms"),
+        (11_345_959_000, "11.3 s"),
+        (1_234_000_000_000, "1,234 s"),
+    ],
+)
+def test_times_are_formatted_in_the_unit_they_read_best_in(ns: int, text: str) -> None:
+    assert format_ns(ns) == text
 
 
 def test_run_figure_groups_sys_time_by_command(one: dict[str, Any]) -> None:
@@ -152,6 +280,10 @@ def test_run_figure_groups_sys_time_by_command(one: dict[str, Any]) -> None:
     assert points == len(one["per_process"])
     locks = [t.get_text() for t in axes["locks"].get_yticklabels()]
     assert sorted(locks) == sorted(one["locks"])
+    for gid, key in (("backlog", "reaper_backlog"), ("zombies", "zombies")):
+        (ln,) = axes[gid].get_lines()
+        assert ln.get_drawstyle() == "steps-post"
+        assert list(ln.get_ydata()) == [v for _, v in one["series"][key]]
 
 
 def test_the_same_result_gives_byte_identical_plots(

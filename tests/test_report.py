@@ -1,12 +1,14 @@
 """exitsim report: one self-contained HTML page from what run -o or compare -o wrote,
-with the plots, the tables and the config; bad input refused in one line, nothing
-written."""
+with the plots, the distributions, the tables and the config, every time in the unit
+it reads best in; a command that runs it again, a process tree's workload file
+included; bad input refused in one line, nothing written."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import os
 import re
 import shlex
 from html import unescape
@@ -18,9 +20,51 @@ import pytest
 
 from exitsim.cli import main
 from exitsim.report.compare import METRIC_HELP, METRICS
+from exitsim.report.html import _command
+from exitsim.report.plots import format_ns
 from tests.clikit import assert_usage_error
 
 SMALL = ["--param", "jobs=3", "--param", "cc1_user_ms=2"]
+# A process tree: make, two compilers and a linker after them.
+TREE = """format = 1
+name = "tiny build"
+description = "kept out of the result"
+
+[[process]]
+id = 1
+program = "make"
+user_ms = 4.0
+file_pages = 450
+anon_pages = 130
+
+[[process]]
+id = 2
+parent = 1
+program = "cc1"
+start_ms = 1.0
+user_ms = 6.0
+file_pages = 900
+anon_pages = 700
+
+[[process]]
+id = 3
+parent = 1
+program = "cc1"
+start_ms = 1.5
+user_ms = 4.5
+file_pages = 800
+anon_pages = 600
+
+[[process]]
+id = 4
+parent = 1
+program = "ld"
+after = [2, 3]
+start_ms = 2.0
+user_ms = 2.0
+file_pages = 300
+anon_pages = 200
+"""
 # Elements HTML never closes.
 VOID = {"meta", "link", "br", "hr", "img", "input", "wbr", "col", "source", "area", "base"}
 
@@ -126,13 +170,18 @@ def test_a_compare_report_has_the_comparison_cpu_lock_tlb_and_config_tables(
         for n in (1, 2):
             assert f"{arch}, {n} CPUs, workload build (ratio to reaper)" in html
     for title, _, _ in METRICS:
-        assert f'title="{METRIC_HELP[title]}">{title}</th>' in html.replace("&#x27;", "'")
-    for section in ("Plots", "Comparison", "CPUs", "Locks", "TLB work", "Runs in detail"):
+        # Times are shown in the unit each reads best in: the heading has none.
+        heading = title.removesuffix(" us").removesuffix(" ms")
+        assert f'title="{METRIC_HELP[title]}">{heading}</th>' in html.replace("&#x27;", "'")
+    sections = ("Plots", "Comparison", "Distributions", "CPUs", "Locks", "TLB work")
+    for section in (*sections, "Runs in detail"):
         assert f"<h2>{section}</h2>" in html
     for r in results:
         # Each run's TLB work and kernel-lock acquisitions, as the terminal shows them.
         assert str(r["tlb"]["page_invalidations"]) in cells
         assert str(r["locks"]["kernel_lock"]["acquisitions"]) in cells
+        # Its wall time in the comparison (a ratio in brackets after it but the baseline's).
+        assert format_ns(r["makespan_ns"]) in {c.split("(")[0] for c in cells}
         cfg = r["config"]
         assert f"{cfg['arch']}, {cfg['cpus']} CPUs, {cfg['policy']}</summary>" in html
     config = dict(re.findall(r'<tr><td class="name">([^<]*)</td><td class="name">([^<]*)<', html))
@@ -158,7 +207,29 @@ def test_a_run_report_has_per_cpu_lock_tlb_and_counter_tables(files: dict[str, P
         assert str(value) in cells
     assert f"{r['processes']['count']:,}" in cells
     assert "processes.charged_sys_ns_mean" in cells
-    assert f"{r['processes']['charged_sys_ns_mean']:,}" in cells
+    assert format_ns(r["processes"]["charged_sys_ns_mean"]) in cells
+    assert f"wall time {format_ns(r['makespan_ns'])}," in html
+    # The distributions as quantiles: exit latency per run, lock waits per lock.
+    assert "<h2>Distributions</h2>" in html
+    lat = sorted(p["exit_latency_ns"] for p in r["per_process"] if p["exit_latency_ns"])
+    assert format_ns(lat[0]) in cells and format_ns(lat[-1]) in cells
+    assert format_ns(r["processes"]["exit_latency_ns_p50"]) in cells
+    for s in r["locks"].values():
+        if s["wait_ns"]:
+            assert f"{sum(s['wait_log2_hist']):,}" in cells
+
+
+@pytest.mark.parametrize("name", ["run.html", "compare.html"])
+def test_times_are_shown_in_ms_or_s_not_as_thousands_of_us(
+    name: str, files: dict[str, Path]
+) -> None:
+    """Every time is in the unit it reads best in: no value in us is 1,000 or more
+    (nor in ns), none in ms either, except the figure's own tick labels."""
+    text = unescape(re.sub(r"<[^>]+>", " ", files[name].read_text()))
+    values = re.findall(r"(\d[\d,]*(?:\.\d+)?) ?(ns|us|ms)\b", text)
+    assert any(u == "ms" for _, u in values)
+    for value, unit in values:
+        assert float(value.replace(",", "")) < 1000, f"{value} {unit}"
 
 
 def test_the_report_says_what_was_run_as_a_command_that_runs_it_again(
@@ -172,12 +243,63 @@ def test_the_report_says_what_was_run_as_a_command_that_runs_it_again(
     assert json.loads(capsys.readouterr().out) == json.loads(files["run"].read_text())
 
 
+def test_a_workload_file_result_gives_a_command_and_the_file_that_run_it_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A process tree's result holds the tree, not its file's path: the page gives the
+    command with ``--workload NAME.toml`` and that file, written from the tree; saved
+    and run, they make the same result."""
+    (tmp_path / "mine.toml").write_text(TREE)
+    argv = ["compare", "--policies", "reaper,purge", "--arches", "amd64", "--cpus", "1,2"]
+    argv += ["--workload", str(tmp_path / "mine.toml"), "--workers", "1", "-q"]
+    assert _quiet_main([*argv, "-o", str(tmp_path / "c.json")]) == 0
+    assert _quiet_main(["report", str(tmp_path / "c.json"), "-o", str(tmp_path / "c.html")]) == 0
+    html = (tmp_path / "c.html").read_text()
+    cmd = unescape(re.search(r'<pre class="cmd"><code>(.*?)</code></pre>', html).group(1))
+    found = re.search(
+        r"<summary>The workload file (\S+) \(4 processes\)</summary>"
+        r'.*?<pre class="file"><code>(.*?)</code>',
+        html,
+        re.DOTALL,
+    )
+    name, text = found.groups()
+    assert name == "tiny-build.toml"
+    argv = shlex.split(cmd)
+    assert argv[:2] == ["exitsim", "compare"]
+    assert argv[argv.index("--workload") + 1] == name
+    assert "--param" not in argv
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / name).write_text(unescape(text))
+    capsys.readouterr()
+    cwd = Path.cwd()
+    try:
+        os.chdir(again)
+        assert main([*argv[1:], "--json"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert json.loads(capsys.readouterr().out) == json.loads((tmp_path / "c.json").read_text())
+
+
+def test_a_recorded_workload_file_is_named_in_the_command(files: dict[str, Path]) -> None:
+    """Where the config names the workload file it came from, the command runs that
+    file; a tree that is not a valid one gives no command rather than a wrong one."""
+    r = json.loads(files["run"].read_text())
+    tree = {"name": "t", "process": [{"id": 1, "program": "make", "user_ms": 1.0}]}
+    cfg = r["config"] | {"workload": "tree", "workload_params": tree}
+    cmd = _command([r | {"config": cfg | {"workload_file": "builds/mine.toml"}}], True)
+    assert cmd is not None and "--workload builds/mine.toml" in cmd
+    assert "--workload t.toml" in (_command([r | {"config": cfg}], True) or "")
+    broken = cfg | {"workload_params": {"name": "t", "process": [{"id": 1}]}}
+    assert _command([r | {"config": broken}], True) is None
+
+
 def test_the_same_result_gives_the_same_page(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     again = tmp_path / "again.html"
     assert main(["report", str(files["run"]), "-o", str(again)]) == 0
-    assert capsys.readouterr() == ("", "")
+    assert capsys.readouterr() == (f"report: {again} (1 run; open it in a browser)\n", "")
     assert again.read_bytes() == files["run.html"].read_bytes()
 
 

@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--trace", metavar="FILE", help="also write a Perfetto trace (.pftrace) of the run"
     )
+    r.add_argument(
+        "--folded",
+        metavar="FILE",
+        help="also profile CPU time by kernel function: a table, and folded stacks to FILE",
+    )
     common(r)
 
     c = sub.add_parser("compare", help="designs x CPU counts x arches on one workload")
@@ -167,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=2,
         help="processes running independent runs (default 2)",
+    )
+    c.add_argument(
+        "--folded",
+        metavar="FILE",
+        help="also profile CPU time by kernel function: tables, and every run's folded stacks",
     )
     common(c)
 
@@ -429,6 +439,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _check_dir("--output", args.output)
     _check_dir("--trace", args.trace)
+    _check_dir("--folded", args.folded)
     _check_plot(args.plot)
     cfg = _config(args, args.policy, args.arch, args.cpus)
     _validate(cfg)
@@ -442,10 +453,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.trace:
             from exitsim.sim import simulate_traced
 
-            result, trace = simulate_traced(cfg, report)
+            result, trace = simulate_traced(cfg, report, kprof=bool(args.folded))
             write_atomic(args.trace, trace)
         else:
-            result = simulate(cfg, report)
+            result = simulate(cfg, report, kprof=bool(args.folded))
+    if args.folded:
+        from exitsim.report.kprof import folded_text
+
+        write_atomic(args.folded, folded_text(result))
     if _write_outputs(args, result):
         return 0
     console = _console()
@@ -455,6 +470,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(cpu_table(result))
     console.print(lock_table(result))
     console.print(tlb_table(result))
+    if args.folded:
+        from exitsim.report.kprof import kprof_tables
+
+        for t in kprof_tables([result]):
+            console.print(t)
     kv = result["known_violations"]
     if kv:
         console.print(f"known violations of this design (counted, not stopped): {kv}", markup=False)
@@ -462,6 +482,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"plot: {args.plot}", markup=False)
     if args.trace:
         console.print(f"trace: {args.trace} (open it in the Perfetto UI)", markup=False)
+    if args.folded:
+        console.print(f"folded: {args.folded} (flamegraph.pl, speedscope)", markup=False)
     return 0
 
 
@@ -489,7 +511,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ]
     for cfg in configs[: len(designs)]:
         _validate(cfg)
-    results = _map_runs(simulate, configs, args.workers, quiet=args.json or args.quiet)
+    _check_dir("--folded", args.folded)
+    from functools import partial
+
+    run = partial(simulate, kprof=True) if args.folded else simulate
+    results = _map_runs(run, configs, args.workers, quiet=args.json or args.quiet)
+    if args.folded:
+        from exitsim.report.kprof import folded_text
+
+        write_atomic(args.folded, folded_text(results))
     if _write_outputs(args, results):
         return 0
     from exitsim.report.verdict import verdict_lines
@@ -513,8 +543,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     console.print()
     for t in compare_tables(results, baseline, console.width):
         console.print(t)
+    if args.folded:
+        from exitsim.report.kprof import kprof_tables
+
+        for t in kprof_tables(results):
+            console.print(t)
     if args.plot:
         console.print(f"plot: {args.plot}", markup=False)
+    if args.folded:
+        console.print(f"folded: {args.folded} (flamegraph.pl, speedscope)", markup=False)
     return 0
 
 

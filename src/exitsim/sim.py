@@ -73,13 +73,21 @@ Progress = Callable[[int, int], None]
 PROGRESS_EVENTS = 5_000
 
 
-def simulate(cfg: SimConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Run ``cfg`` to the end and return its Result (a JSON-ready dict)."""
-    return _run(build_kernel(cfg), progress)
+def simulate(
+    cfg: SimConfig, progress: Progress | None = None, kprof: bool = False
+) -> dict[str, Any]:
+    """Run ``cfg`` to the end and return its Result (a JSON-ready dict).
+
+    ``kprof``: also profile the CPU time by kernel function into the Result's
+    ``kprof`` (report/kprof.py, docs/result-schema.md). Off, nothing watches the run
+    and the Result has no such key; on, the rest of the Result is the same."""
+    k = build_kernel(cfg)
+    prof = _profiler(k, kprof)
+    return _profiled(_run(k, progress), prof)
 
 
 def simulate_traced(
-    cfg: SimConfig, progress: Progress | None = None
+    cfg: SimConfig, progress: Progress | None = None, kprof: bool = False
 ) -> tuple[dict[str, Any], bytes]:
     """As ``simulate``, also recording a Perfetto trace of the run (protobuf bytes;
     docs/traces.md). Slower: the engine logs every op."""
@@ -87,8 +95,25 @@ def simulate_traced(
 
     k = build_kernel(cfg, record=True)
     rec = TraceRecorder(k)
+    prof = _profiler(k, kprof)
     result = _run(k, progress)
-    return result, rec.to_bytes()
+    return _profiled(result, prof), rec.to_bytes()
+
+
+def _profiler(k: Kernel, kprof: bool) -> Any:
+    if not kprof:
+        return None
+    from exitsim.report.kprof import KernelProfiler
+
+    return KernelProfiler(k.engine)
+
+
+def _profiled(result: dict[str, Any], prof: Any) -> dict[str, Any]:
+    if prof is None:
+        return result
+    from exitsim.report.result import with_kprof
+
+    return with_kprof(result, prof.folded())
 
 
 def _run(k: Kernel, progress: Progress | None = None) -> dict[str, Any]:

@@ -707,9 +707,12 @@ class Engine:
         starts then, as a waiter-side lock profiler (lockstat) would count them."""
         st = lock.stats
         st.wait_ns += h
-        waited = self.now + h - c.lock_wait_from
+        granted = self.now - c.lock_wait_from
+        waited = granted + h
         if waited > st.max_wait_ns:
             st.max_wait_ns = waited
+        # The grant counted this wait in the histogram without the transfer: move it.
+        st.move_wait(granted, waited)
         if isinstance(lock, (TicketLock, SpinMutex)):
             lock.since += h
 

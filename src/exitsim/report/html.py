@@ -1,6 +1,8 @@
 """The HTML report of a result file: one self-contained page (the plots as inline SVG,
-CSS inline, no scripts, nothing fetched) with what was run, the comparison, CPU time,
-locks, TLB work and the config. The same results give the same page."""
+CSS inline, no scripts, nothing fetched) with what was run, the comparison, the exit
+latency and lock wait distributions, CPU time, locks, TLB work and the config. Every
+time is shown in the unit it reads best in (``format_ns``: 11.3 s, 2.40 ms). The same
+results give the same page."""
 
 from __future__ import annotations
 
@@ -10,9 +12,18 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
 
-from exitsim.report.compare import METRIC_HELP, METRICS, compare_cells
-from exitsim.report.plots import render
-from exitsim.report.table import cpu_rows, lock_rows, params_text, tlb_rows, workload_text
+from exitsim.report.compare import METRIC_HELP, METRICS, compare_cells, metric
+from exitsim.report.plots import format_ns, has_wait_buckets, render, wait_hist
+from exitsim.report.result import percentile
+from exitsim.report.table import (
+    Rows,
+    cpu_rows,
+    lock_rows,
+    params_text,
+    tlb_rows,
+    workload_text,
+)
+from exitsim.workloads.spec import FORMAT, TREE, WorkloadSpec, dump_workload
 
 _CSS = """
 :root { color-scheme: light; --ink: #1d232a; --muted: #5b6570; --rule: #d8dde3;
@@ -30,7 +41,9 @@ code { font: .9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
   background: var(--band); padding: .1em .3em; border-radius: 3px; }
 pre.cmd { background: var(--band); padding: .6rem .8rem; border-radius: 4px;
   overflow-x: auto; white-space: pre-wrap; word-break: break-all; }
-pre.cmd code { background: none; padding: 0; }
+pre.cmd code, pre.file code { background: none; padding: 0; }
+pre.file { background: var(--band); padding: .6rem .8rem; border-radius: 4px;
+  max-height: 24rem; overflow: auto; font-size: .85rem; }
 nav { margin: 1rem 0; padding: .5rem 0; border-top: 1px solid var(--rule);
   border-bottom: 1px solid var(--rule); }
 nav a { margin-right: 1.2rem; color: var(--accent); text-decoration: none; }
@@ -67,39 +80,61 @@ footer { margin-top: 3rem; color: var(--muted); font-size: .85rem; }
 _PANELS: dict[str, str] = {
     "wall time vs CPUs": "Does the design finish the workload sooner, and does that hold "
     "as CPUs are added? Wall time (makespan) per design against the CPU count, per arch.",
+    "wall time relative to the baseline": "How much sooner or later, exactly? Each "
+    "design's wall time divided by the baseline's at the same CPU count (below 1: "
+    "faster); the differences the absolute panel is too coarse to show.",
     "sys time charged per process": "Who pays for the teardown? The sys time each exited "
     "process is charged (what wait4 and time(1) report), one point per process, with "
     "its quartiles as a box. A design that tears down in exit1 charges the exiting "
     "process; the reaper design charges the reaper instead.",
+    "exit latency (CDF)": "How long does a parent wait for an exiting child? For each "
+    "process, exit1 entry to the parent's wait4 return, as the share of processes done "
+    "within a time (a CDF, on a log time axis), with the median and 99th percentile "
+    "marked: the whole distribution, not only p50 and p99.",
     "lock wait by lock": "Which locks does the design make CPUs wait for, and for how "
     "long? Wait time summed over CPUs, by lock (per-object locks summed by family).",
+    "lock waits by duration": "Are the waits many short ones or a few long ones? Each "
+    "wait for a lock counted in a power-of-two bucket of its length.",
     "memory held after exit": "How much memory do processes that have entered exit1 "
-    "still have mapped, and for how long, before teardown unmaps it? The legend gives "
-    "the peak and the time integral, as exits are short next to a whole run.",
+    "still have mapped, and for how long, before teardown unmaps it? A lane per design "
+    "(step lines: the value holds until the next change); the peak and the time "
+    "integral are written in each lane, as exits are short next to a whole run.",
     "reaper backlog and zombies": "Does the reaper keep up? Threads waiting on deadproc "
-    "for the reaper, and zombies not yet waited for, over time.",
+    "for the reaper, and zombies not yet waited for, over time, a lane each.",
 }
+
+#: How every value axis is scaled (plots.py, ``LOG_SPAN``).
+_SCALE_NOTE = (
+    "Every value axis is linear from 0 unless its values span more than 100 times, "
+    "then logarithmic, and its label says so; times of single events (exit latency, "
+    "lock waits) are on a logarithmic axis."
+)
 
 #: The panels of each figure, and a note on how they are laid out.
 _FIGURES: dict[bool, tuple[tuple[str, ...], str]] = {
     False: (
         (
             "wall time vs CPUs",
+            "wall time relative to the baseline",
             "sys time charged per process",
+            "exit latency (CDF)",
             "lock wait by lock",
+            "lock waits by duration",
             "memory held after exit",
         ),
-        "A column per arch; below the first row, each panel is at the arch's largest CPU "
-        "count. Colours are designs, the same in every panel.",
+        "Per arch; below the first two panels, each is at the arch's largest CPU count. "
+        "Colours and marker shapes are designs, the same in every panel. " + _SCALE_NOTE,
     ),
     True: (
         (
             "sys time charged per process",
+            "exit latency (CDF)",
             "lock wait by lock",
+            "lock waits by duration",
             "memory held after exit",
             "reaper backlog and zombies",
         ),
-        "Sys time is grouped by command, the most sys time in all first.",
+        "Sys time is grouped by command, the most sys time in all first. " + _SCALE_NOTE,
     ),
 }
 
@@ -184,12 +219,16 @@ def _words(items: Sequence[Any]) -> str:
 
 
 def _command(results: list[dict[str, Any]], single: bool) -> str | None:
-    """The command line that makes these results again, or None when a result came
-    from a workload file (its path is not in the result)."""
+    """The command line that makes these results again, or None when the runs do not
+    share one workload and seed. A process tree runs from its workload file: the one
+    the config names (``workload_file``) if it does, else the file the page holds
+    (``_tree_file``)."""
     cfg = results[0]["config"]
-    if any(r["config"]["workload"] == "tree" for r in results):
-        return None
-    if len({(r["config"]["workload"], r["config"]["seed"]) for r in results}) > 1:
+    same = {
+        (r["config"]["workload"], _value(r["config"].get("workload_params")), r["config"]["seed"])
+        for r in results
+    }
+    if len(same) > 1:
         return None
     args = ["exitsim"]
     if single:
@@ -205,14 +244,38 @@ def _command(results: list[dict[str, Any]], single: bool) -> str | None:
         args += ["--cpus", ",".join(str(n) for n in _distinct(results, "cpus"))]
         for f in files:
             args += ["--policy-file", f]
-    if cfg["workload"] != "build":
-        args += ["--workload", cfg["workload"]]
-    for k, v in sorted((cfg.get("workload_params") or {}).items()):
-        args += ["--param", f"{k}={v}"]
+    if cfg["workload"] == TREE:
+        tree = _tree_file(cfg)
+        if tree is None:
+            return None
+        args += ["--workload", tree[0]]
+    else:
+        if cfg["workload"] != "build":
+            args += ["--workload", cfg["workload"]]
+        for k, v in sorted((cfg.get("workload_params") or {}).items()):
+            args += ["--param", f"{k}={v}"]
     args += ["--seed", str(cfg["seed"]), "--granularity", cfg["granularity"]]
     if cfg.get("debug"):
         args.append("--debug-checks")
     return " ".join(_shell_word(a) for a in args)
+
+
+def _tree_file(cfg: dict[str, Any]) -> tuple[str, str | None] | None:
+    """A process tree's workload file: (its name, None) when the config records the
+    file it came from (``workload_file``), else (a name made from the tree's, the
+    file's text written from the tree the config holds, which runs the same); None
+    when the config's tree is not a valid one."""
+    if cfg.get("workload_file"):
+        return str(cfg["workload_file"]), None
+    params = cfg.get("workload_params") or {}
+    try:
+        spec = WorkloadSpec.model_validate(
+            {"format": FORMAT, "name": params.get("name", ""), "process": params.get("process")}
+        )
+    except ValueError:  # pydantic's ValidationError is one
+        return None
+    stem = re.sub(r"[^A-Za-z0-9_.+-]+", "-", spec.name).strip("-.") or "workload"
+    return f"{stem}.toml", dump_workload(spec)
 
 
 def _shell_word(a: str) -> str:
@@ -232,7 +295,7 @@ def _header(results: list[dict[str, Any]], single: bool, source: str) -> tuple[s
         what = (
             f"One run of the design <b>{_e(cfg['policy'])}</b> on {_e(cfg['arch'])} with "
             f"{cfg['cpus']} CPUs, {_e(common)}: wall time "
-            f"{r['makespan_ns'] / 1e6:,.1f} ms, {r['processes']['count']} processes exited."
+            f"{format_ns(r['makespan_ns'])}, {r['processes']['count']} processes exited."
         )
     else:
         designs = _distinct(results, "policy")
@@ -251,6 +314,16 @@ def _header(results: list[dict[str, Any]], single: bool, source: str) -> tuple[s
         parts.append(
             f'<p class="note">Run again with:</p><pre class="cmd"><code>{_e(cmd)}</code></pre>'
         )
+        tree = _tree_file(cfg) if cfg["workload"] == TREE else None
+        if tree is not None and tree[1] is not None:
+            n = len(cfg["workload_params"]["process"])
+            parts.append(
+                f"<details><summary>The workload file {_e(tree[0])} ({n} processes)</summary>"
+                '<p class="note">Save it under that name first. It is written from the '
+                "process tree the result holds, so it runs the same (the file's description "
+                "and source are not in the result).</p>"
+                f'<pre class="file"><code>{_e(tree[1])}</code></pre></details>'
+            )
     broken = [
         f"{r['config']['policy']} ({r['config']['arch']}, {r['config']['cpus']} CPUs): "
         + ", ".join(f"invariant {i} x{n}" for i, n in r["known_violations"].items())
@@ -279,18 +352,34 @@ def _plots(results: dict[str, Any] | list[dict[str, Any]], single: bool) -> _Sec
     )
 
 
+#: The comparison's metrics that are times: their unit is left off the heading, and
+#: each value is shown in the unit it reads best in.
+_TIME_METRICS = {title for title, _, _ in METRICS if title.endswith((" us", " ms"))}
+
+
+def _heading(title: str) -> str:
+    return title[:-3] if title in _TIME_METRICS else title
+
+
 def _comparison(results: list[dict[str, Any]]) -> _Section:
     baseline = results[0]["config"]["policy"]
-    cols = ["design", *(m[0] for m in METRICS)]
+    cols = ["design", *(_heading(m[0]) for m in METRICS)]
+    tips = {_heading(t): METRIC_HELP[t] for t in METRIC_HELP}
+    # compare_cells groups the runs by (arch, CPUs) in the order first seen, as here.
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["config"]["arch"], r["config"]["cpus"]), []).append(r)
     tables = []
-    for cell in compare_cells(results, baseline):
+    for cell, rs in zip(compare_cells(results, baseline), groups.values(), strict=True):
         rows = []
-        for design, values in cell.rows:
+        for (design, values), r in zip(cell.rows, rs, strict=True):
             row: list[str] = [design]
-            for v, q in values:
+            for (title, path, _), (v, q) in zip(METRICS, values, strict=True):
+                if title in _TIME_METRICS:
+                    v = format_ns(metric(r, path))
                 row.append(_Raw(f'{_e(v)}<span class="ratio">({_e(q)})</span>' if q else _e(v)))
             rows.append(row)
-        tables.append(_table(cols, rows, caption=cell.title, tips=METRIC_HELP))
+        tables.append(_table(cols, rows, caption=cell.title, tips=tips))
     note = (
         '<p class="note">Each metric per design; in brackets its ratio to the baseline '
         "design of the same arch and CPU count. Hover over a heading for its meaning.</p>"
@@ -298,12 +387,128 @@ def _comparison(results: list[dict[str, Any]]) -> _Section:
     return _section("comparison", "Comparison", note, *tables)
 
 
+def _latency_row(r: dict[str, Any]) -> list[str]:
+    """Exit latencies of a run: how many, and the quantiles (nearest rank, as the
+    Result's p50 and p99)."""
+    lat = [p["exit_latency_ns"] for p in r["per_process"] if p.get("exit_latency_ns") is not None]
+    if not lat:
+        return [str(len(lat))] + ["-"] * 6
+    qs = [percentile(lat, q) for q in (0.1, 0.5, 0.9, 0.99)]
+    return [f"{len(lat):,}", format_ns(min(lat)), *(format_ns(q) for q in qs), format_ns(max(lat))]
+
+
+_LATENCY_COLS = ["waited for", "min", "p10", "p50", "p90", "p99", "max"]
+
+
+def _wait_row(hist: list[int] | None, longest: int) -> list[str]:
+    """Lock waits in log2 buckets: how many, the bucket each quantile falls in (as
+    "below" its upper end, or "at most" the longest wait when that is lower), and the
+    longest wait. None: the result has no buckets (an older exitsim made it)."""
+    if hist is None:
+        return ["-", "-", "-", "-", format_ns(longest)]
+    total = sum(hist)
+    if not total:
+        return ["0"] + ["-"] * 4
+    out = [f"{total:,}"]
+    for q in (0.5, 0.9, 0.99):
+        need, seen = q * total, 0
+        for b, n in enumerate(hist):
+            seen += n
+            if seen >= need:
+                below = 2**b
+                out.append(
+                    f"< {format_ns(below)}" if below <= longest else f"≤ {format_ns(longest)}"
+                )
+                break
+    return [*out, format_ns(longest)]
+
+
+_WAIT_COLS = ["waits", "p50", "p90", "p99", "longest"]
+
+
+def _buckets(r: dict[str, Any], locks: Sequence[str] | None = None) -> list[int] | None:
+    return wait_hist(r, locks) if has_wait_buckets(r) else None
+
+
+def _distributions(results: list[dict[str, Any]], single: bool) -> _Section:
+    """Exit latency and lock waits as quantiles, per run (and per lock for a run)."""
+    note = (
+        '<p class="note">The plots draw these whole (exit latency as a CDF, lock waits '
+        "by duration); here as quantiles. Exit latency is exit1 entry to the parent's "
+        "wait4 return, per process waited for. A lock wait's quantile is the power-of-two "
+        "bucket it falls in, given as its upper end (or the longest wait, if lower).</p>"
+    )
+    ids = [["arch", "CPUs", "design"], _ids(results)]
+    lat = _table(
+        [*ids[0], *_LATENCY_COLS],
+        [[*i, *_latency_row(r)] for i, r in zip(ids[1], results, strict=True)],
+        caption="Exit latency",
+        names=3,
+    )
+    if single:
+        r = results[0]
+        locks = [n for n, st in sorted(r["locks"].items()) if st["wait_ns"]]
+        waits = _table(
+            ["lock", *_WAIT_COLS],
+            [[n, *_wait_row(_buckets(r, [n]), r["locks"][n]["max_wait_ns"])] for n in locks],
+            caption="Lock waits, per lock",
+        )
+    else:
+        waits = _table(
+            [*ids[0], *_WAIT_COLS],
+            [
+                [*i, *_wait_row(_buckets(r), max(s["max_wait_ns"] for s in r["locks"].values()))]
+                for i, r in zip(ids[1], results, strict=True)
+            ],
+            caption="Lock waits, all locks",
+            names=3,
+        )
+    return _section("distributions", "Distributions", note, lat, waits)
+
+
+#: table.py's time columns (microseconds), by heading: the field each shows.
+_US_COLUMNS = {
+    "user us": "user_ns",
+    "sys us": "sys_ns",
+    "spin us": "spin_ns",
+    "idle us": "idle_ns",
+    "wait us": "wait_ns",
+    "max wait us": "max_wait_ns",
+    "hold us": "hold_ns",
+    "max hold us": "max_hold_ns",
+}
+
+
+def _timed(rows: Rows, records: Sequence[dict[str, Any]]) -> Rows:
+    """table.py's rows with each time column in the unit its value reads best in,
+    from the ns of ``records`` (a record per row); the headings lose their unit."""
+    title, cols, body = rows
+    times = {i: _US_COLUMNS[c] for i, c in enumerate(cols) if c in _US_COLUMNS}
+    cols = [c[:-3] if i in times else c for i, c in enumerate(cols)]
+    body = [
+        [format_ns(rec[times[i]]) if i in times else cell for i, cell in enumerate(row)]
+        for row, rec in zip(body, records, strict=True)
+    ]
+    return title, cols, body
+
+
+def _cpu_rows(r: dict[str, Any]) -> Rows:
+    """The per-CPU table, times for people."""
+    _, cols, body = _timed(cpu_rows(r), [*r["cpus"], r["cpu"]])
+    return f"CPUs (makespan {format_ns(r['makespan_ns'])})", cols, body
+
+
+def _lock_rows(r: dict[str, Any]) -> Rows:
+    """Every lock's acquisitions, contention, wait and hold, times for people."""
+    return _timed(lock_rows(r), [s for _, s in sorted(r["locks"].items())])
+
+
 def _cpu_totals(results: list[dict[str, Any]]) -> str:
     """A row per run: its arch, CPUs and design, then the "all CPUs" row of its CPU
     table."""
-    cols = cpu_rows(results[0])[1][1:]
+    cols = _cpu_rows(results[0])[1][1:]
     body = [
-        [*ident, *cpu_rows(r)[2][-1][1:]] for ident, r in zip(_ids(results), results, strict=True)
+        [*ident, *_cpu_rows(r)[2][-1][1:]] for ident, r in zip(_ids(results), results, strict=True)
     ]
     return _table(["arch", "CPUs", "design", *cols], body, caption="CPU time, all CPUs", names=3)
 
@@ -320,7 +525,7 @@ def _lock_waits(results: list[dict[str, Any]]) -> str:
     names = sorted({n for r in results for n in r["locks"]})
     waited = [n for n in names if any(r["locks"].get(n, {}).get("wait_ns") for r in results)]
     body = [
-        [*ident, *(f"{r['locks'].get(n, {}).get('wait_ns', 0) / 1000:,.1f}" for n in waited)]
+        [*ident, *(format_ns(r["locks"].get(n, {}).get("wait_ns", 0)) for n in waited)]
         for ident, r in zip(_ids(results), results, strict=True)
     ]
     idle = [n for n in names if n not in waited]
@@ -328,7 +533,7 @@ def _lock_waits(results: list[dict[str, Any]]) -> str:
     table = _table(
         ["arch", "CPUs", "design", *waited],
         body,
-        caption="Lock wait (us, summed over CPUs)",
+        caption="Lock wait, summed over CPUs",
         names=3,
     )
     return table + note
@@ -339,15 +544,29 @@ def _kv(r: dict[str, Any], caption: str = "Processes, memory, reaper") -> str:
     rows = []
     for group in ("processes", "memory", "reaper", "zombies", "threads"):
         for k, v in (r.get(group) or {}).items():
-            rows.append([f"{group}.{k}", f"{v:,}" if isinstance(v, int) else str(v)])
+            rows.append([f"{group}.{k}", _counter(k, v)])
     return _table(["field", "value"], rows, caption=caption)
+
+
+def _counter(key: str, v: Any) -> str:
+    """A counter's value for people: times in the unit they read best in, memory over
+    time in MiB*s, a count over time in thread*s, the rest as numbers."""
+    if not isinstance(v, int):
+        return str(v)
+    if key.endswith("_byte_ns"):
+        return f"{v / (1 << 20) / 1e9:,.3f} MiB*s"
+    if key == "backlog_integral_ns":
+        return f"{v / 1e9:,.3f} thread*s"
+    if key.endswith("_ns") or "_ns_" in key:
+        return format_ns(v)
+    return f"{v:,}"
 
 
 def _details(r: dict[str, Any]) -> str:
     """Everything ``exitsim run`` prints about one run, and its counters."""
     return (
-        _rows_table(cpu_rows(r), total_last=True)
-        + _rows_table(lock_rows(r))
+        _rows_table(_cpu_rows(r), total_last=True)
+        + _rows_table(_lock_rows(r))
         + _rows_table(tlb_rows(r))
         + _kv(r)
     )
@@ -377,11 +596,11 @@ def report_html(results: dict[str, Any] | list[dict[str, Any]], source: str) -> 
     single = isinstance(results, dict)
     rs: list[dict[str, Any]] = [results] if isinstance(results, dict) else results
     title, header = _header(rs, single, source)
-    sections = [_plots(results, single), _comparison(rs)]
+    sections = [_plots(results, single), _comparison(rs), _distributions(rs, single)]
     if single:
         r = rs[0]
-        sections.append(_section("cpus", "CPUs", _rows_table(cpu_rows(r), total_last=True)))
-        sections.append(_section("locks", "Locks", _rows_table(lock_rows(r), caption=False)))
+        sections.append(_section("cpus", "CPUs", _rows_table(_cpu_rows(r), total_last=True)))
+        sections.append(_section("locks", "Locks", _rows_table(_lock_rows(r), caption=False)))
         sections.append(_section("tlb", "TLB work", _rows_table(tlb_rows(r), caption=False)))
         sections.append(_section("processes", "Processes, memory, reaper", _kv(r, "")))
     else:

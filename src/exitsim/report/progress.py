@@ -75,9 +75,7 @@ class Lines(Bar):
 
 
 @contextmanager
-def bar(
-    label: str, total: int | None, unit: str, show: bool, lines: bool = False
-) -> Iterator[Bar]:
+def bar(label: str, total: int | None, unit: str, show: bool, lines: bool = False) -> Iterator[Bar]:
     """A bar of ``total`` steps named ``unit`` (``None``: a count nobody knows ahead,
     shown as a moving bar) when ``show``; else, with ``lines`` and stderr not a
     terminal, progress lines now and then; else nothing."""

@@ -33,8 +33,8 @@ def percentile(values: list[int], q: float) -> int:
     return int(s[int(min(rank, len(s))) - 1])
 
 
-def _lock_stats(locks: dict[str, Lock]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
+def _lock_stats(locks: dict[str, Lock]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     for name in sorted(locks):
         st = locks[name].stats.as_dict()
         key = name
@@ -47,8 +47,16 @@ def _lock_stats(locks: dict[str, Lock]) -> dict[str, dict[str, int]]:
             for f, v in st.items():
                 agg[f] = max(agg[f], v) if f.startswith("max_") else agg[f] + v
         else:
-            out[key] = dict(st)
+            out[key] = dict(st) | {"wait_log2_hist": []}
+        _add_hist(out[key]["wait_log2_hist"], locks[name].stats.wait_hist)
     return out
+
+
+def _add_hist(into: list[int], hist: list[int]) -> None:
+    """Add the bucket counts ``hist`` into ``into``, element by element."""
+    into.extend([0] * (len(hist) - len(into)))
+    for i, n in enumerate(hist):
+        into[i] += n
 
 
 def _machine_states(totals: dict[str, int]) -> dict[str, float | int]:
@@ -144,3 +152,10 @@ def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
             for r in recs
         ],
     }
+
+
+def with_kprof(result: dict[str, Any], folded: dict[str, int]) -> dict[str, Any]:
+    """``result`` with ``kprof``: CPU time by stack of kernel functions, folded
+    (``{"cc1;sys_exit;exit1;...": ns}``, sorted), for a run profiled with
+    ``simulate(cfg, kprof=True)`` (report/kprof.py). A run without it has no such key."""
+    return result | {"kprof": dict(sorted(folded.items()))}
