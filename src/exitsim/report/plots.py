@@ -51,6 +51,24 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 # Line styles likewise, for lines that may lie on top of each other (the CDFs).
 _DASHES = ("-", "--", ":", "-.")
 
+
+def _design_line(
+    ax: Any, pts: list[tuple[int, float]], i: int, color: str, design: str, style: str = "-"
+) -> None:
+    """One design's points against CPUs, with its own marker (nothing if none)."""
+    if pts:
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker=_MARKERS[i % len(_MARKERS)],
+            fillstyle="none",
+            markersize=8,
+            color=color,
+            linestyle=style,
+            label=design,
+        )
+
+
 # -- times for people ----------------------------------------------------------------
 
 _UNITS = (("ns", 1), ("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000))
@@ -444,16 +462,7 @@ def _wall_panel(ax: Axes, results: list[dict[str, Any]], arch: str, colors: dict
             if r["config"]["arch"] == arch and r["config"]["policy"] == design
         )
         cpus.update(p[0] for p in pts)
-        if pts:
-            ax.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                marker=_MARKERS[i % len(_MARKERS)],
-                fillstyle="none",
-                markersize=8,
-                color=color,
-                label=design,
-            )
+        _design_line(ax, pts, i, color, design)
     _cpu_axis(ax, cpus)
     if not _value_axis(ax, "y", [w / size for w in walls], "wall time", unit):
         ax.set_ylim(0, max(walls) / size * 1.08)  # room for the markers at the top
@@ -498,17 +507,7 @@ def _ratio_panel(
         pts = ratios(results, arch, design)
         cpus.update(p[0] for p in pts)
         values += [p[1] for p in pts]
-        if pts:
-            ax.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                marker=_MARKERS[i % len(_MARKERS)],
-                fillstyle="none",
-                markersize=8,
-                color=color,
-                linestyle="--" if design == baseline else "-",
-                label=design,
-            )
+        _design_line(ax, pts, i, color, design, "--" if design == baseline else "-")
     _cpu_axis(ax, cpus)
     what = f"wall time / {baseline}'s"
     if not _value_axis(ax, "y", values, what, "below 1: faster"):
