@@ -103,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the record as JSON only")
     d.add_argument("-o", "--output", metavar="FILE", help="also write the JSON record here")
 
+    def costs_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--profile",
+            metavar="FILE",
+            help="a cost profile TOML for the arch instead of the built-in (exitsim costs)",
+        )
+        sp.add_argument(
+            "--cost",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="replace one cost of the profile, e.g. --cost tlbi_ns=700 (repeatable)",
+        )
+
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-s", "--seed", type=int, default=0, help="random seed (default 0)")
         sp.add_argument(
@@ -135,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--plot", metavar="FILE", help="also plot the result(s), PNG or SVG by the suffix"
         )
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")
+        costs_args(sp)
         sp.add_argument(
             "--debug-checks",
             action="store_true",
@@ -253,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the counterexample or replay as a Perfetto trace (protobuf, .pftrace)",
     )
     k.add_argument("--json", action="store_true", help="print only JSON")
+    costs_args(k)
     k.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")
     k.add_argument(
         "-s",
@@ -368,7 +384,25 @@ def _config(args: argparse.Namespace, policy: str, arch: str, cpus: int) -> Any:
         workload_params=params,
         policy_file=args.policy_file,
         debug=args.debug_checks,
+        cost_overrides=_cost_overrides(args.cost),
+        profile=args.profile,
     )
+
+
+def _cost_overrides(items: list[str]) -> dict[str, int]:
+    """--cost KEY=VALUE, each key once."""
+    from exitsim.machine.costs import parse_override
+
+    out: dict[str, int] = {}
+    for text in items:
+        try:
+            key, value = parse_override(text)
+        except CostProfileError as e:
+            raise UsageError(str(e)) from None
+        if key in out:
+            raise UsageError(f"--cost: {key} is given twice")
+        out[key] = value
+    return out
 
 
 def _validate(cfg: Any) -> None:
@@ -379,7 +413,7 @@ def _validate(cfg: Any) -> None:
 
     try:
         build_kernel(cfg)
-    except (PolicyLoadError, WorkloadError) as e:
+    except (PolicyLoadError, WorkloadError, CostProfileError) as e:
         raise UsageError(str(e)) from None
 
 
@@ -389,10 +423,12 @@ def _echo(console: Any, items: dict[str, Any]) -> None:
     then the cost profile of each arch."""
     from dataclasses import asdict
 
-    from exitsim.machine.costs import builtin_profile, source_kind
+    from exitsim.machine.costs import builtin_profile, profile_digest, source_kind
     from exitsim.workloads.registry import WORKLOADS, check_params
 
     for key, value in items.items():
+        if key in ("costs", "profile", "cost_overrides"):
+            continue  # on the costs line below
         if key in ("workload_params", "params"):
             if items.get("workload") == "tree" or "process" in value:
                 name = value.get("name") or "unnamed"
@@ -402,16 +438,17 @@ def _echo(console: Any, items: dict[str, Any]) -> None:
                 value = " ".join(f"{k}={v}{'*' if k in value else ''}" for k, v in full.items())
         console.print(f"# {key} {value}", highlight=False, markup=False, soft_wrap=True)
     arches = items.get("arches") or items.get("arch") or ""
+    profile = items.get("profile")
+    overrides = items.get("cost_overrides") or {}
     for arch in str(arches).split(","):
         if arch in ARCHES:
-            prof = builtin_profile(arch)
+            prof = load_profile(profile) if profile else builtin_profile(arch)
             n = sum(source_kind(src) == "assumption" for src in prof.sources.values())
-            console.print(
-                f"# costs {arch}: {prof.path}, {n} of {len(prof.sources)} values assumptions"
-                " (exitsim costs)",
-                highlight=False,
-                markup=False,
-            )
+            text = f"# costs {arch}: {prof.path} ({profile_digest(prof)}), "
+            text += f"{n} of {len(prof.sources)} values assumptions (exitsim costs)"
+            if overrides:
+                text += "; overridden: " + " ".join(f"{k}={v}" for k, v in overrides.items())
+            console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 def _write_outputs(args: argparse.Namespace, results: Any) -> bool:
@@ -509,8 +546,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for n in cpus
         for pol, pfile in designs
     ]
-    for cfg in configs[: len(designs)]:
-        _validate(cfg)
+    # Every design once, on every arch (a cost profile is for one arch).
+    for cfg in configs:
+        if cfg.cpus == cpus[0]:
+            _validate(cfg)
     _check_dir("--folded", args.folded)
     from functools import partial
 
@@ -535,6 +574,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "params": _params(args.param) if _workload(args)[0] != "tree" else {},
             "seed": args.seed,
             "granularity": args.granularity,
+            "profile": args.profile,
+            "cost_overrides": _cost_overrides(args.cost),
         },
     )
     baseline = results[0]["config"]["policy"]
@@ -693,6 +734,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     maker = _policy_maker(args)
     policy = maker().name
     _check_dir("--trace", args.trace)
+    profile = _check_costs(args)
     echo = {
         "policy": policy,
         "arch": args.arch,
@@ -705,7 +747,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise UsageError("--schedule replays one scenario: name exactly one")
         try:
             labels = parse_schedule(args.schedule)
-            out, steps = replay(scenarios[0], maker, args.arch, labels)
+            out, steps = replay(scenarios[0], maker, args.arch, labels, profile)
         except (ValueError, ScheduleMismatch) as e:
             raise UsageError(f"--schedule: {e}") from None
         if args.trace:
@@ -743,12 +785,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                 if n % 50 == 0:
                     b.note(f"{sc.name}: {n} schedules, {states} states")
 
-            res = search(sc, maker, args.arch, args.preemptions, args.max_schedules, progress)
+            res = search(
+                sc, maker, args.arch, args.preemptions, args.max_schedules, progress, profile
+            )
             b.advance()
             results.append(res)
             if res.violation is not None:
                 labels = parse_schedule(res.schedule or "")
-                _, res.steps = replay(sc, maker, args.arch, labels)
+                _, res.steps = replay(sc, maker, args.arch, labels, profile)
                 if args.trace:
                     write_atomic(args.trace, steps_to_trace(res.steps, f"{sc.name} {policy}"))
                 break
@@ -794,6 +838,18 @@ def _print_steps(steps: list[Any]) -> None:
     for st in steps:
         cpu = "-" if st.cpu is None else str(st.cpu)
         print(f"{st.index:>5} {cpu:>4}  {st.thread:10} {st.function:28} {st.op}")
+
+
+def _check_costs(args: argparse.Namespace) -> CostProfile | None:
+    """check's --profile and --cost: the profile to build its kernels with, or None
+    for the arch's built-in one unchanged."""
+    from exitsim.machine.costs import builtin_profile, with_overrides
+
+    overrides = _cost_overrides(args.cost)
+    prof = _load_profile(args.profile, args.arch)
+    if not overrides:
+        return prof
+    return with_overrides(prof or builtin_profile(args.arch), overrides)
 
 
 def _load_profile(path: str | None, arch: str) -> CostProfile | None:

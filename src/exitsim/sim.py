@@ -9,7 +9,14 @@ from typing import Any
 
 from exitsim.engine.errors import SimError
 from exitsim.kern.kernel import Kernel
-from exitsim.machine.costs import builtin_profile, with_overrides
+from exitsim.machine.arch import ARCHES
+from exitsim.machine.costs import (
+    CostProfile,
+    CostProfileError,
+    builtin_profile,
+    load_profile,
+    with_overrides,
+)
 from exitsim.machine.machine import DEFAULT_TOTAL_PAGES, Machine
 from exitsim.policies.base import Policy
 from exitsim.policies.registry import get_policy, load_policy_file
@@ -32,8 +39,10 @@ class SimConfig:
     policy_file: str | None = None
     debug: bool = False
     total_pages: int = DEFAULT_TOTAL_PAGES
-    #: Cost values that replace the arch profile's, by key (sensitivity runs).
+    #: Cost values that replace the profile's, by key (sensitivity runs).
     cost_overrides: dict[str, int] = field(default_factory=dict)
+    #: A cost profile TOML for the arch, instead of the built-in one.
+    profile: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -41,7 +50,18 @@ class SimConfig:
             del d["policy_file"]
         if not self.cost_overrides:
             del d["cost_overrides"]
+        if self.profile is None:
+            del d["profile"]
         return d
+
+
+def cost_profile(cfg: SimConfig) -> CostProfile:
+    """The costs a config runs with: its profile file or the arch's built-in one,
+    with its overrides. CostProfileError for a bad file, key or arch."""
+    prof = load_profile(cfg.profile) if cfg.profile is not None else builtin_profile(cfg.arch)
+    if prof.arch != cfg.arch:
+        raise CostProfileError(f"{prof.path}: profile is for {prof.arch}, not {cfg.arch}")
+    return with_overrides(prof, cfg.cost_overrides) if cfg.cost_overrides else prof
 
 
 def make_policy(cfg: SimConfig) -> Policy:
@@ -54,10 +74,9 @@ def build_kernel(cfg: SimConfig, **kernel_kw: Any) -> Kernel:
     """The machine and kernel a config describes, with its workload started."""
     if cfg.cpus < 1:
         raise ValueError(f"cpus must be at least 1 (got {cfg.cpus})")
-    profile = None
-    if cfg.cost_overrides:
-        profile = with_overrides(builtin_profile(cfg.arch), cfg.cost_overrides)
-    machine = Machine(cfg.arch, cfg.cpus, cfg.granularity, profile)
+    if cfg.arch not in ARCHES:
+        raise ValueError(f"unknown arch {cfg.arch!r} (known: {', '.join(sorted(ARCHES))})")
+    machine = Machine(cfg.arch, cfg.cpus, cfg.granularity, cost_profile(cfg))
     k = Kernel(machine, make_policy(cfg), total_pages=cfg.total_pages, debug=cfg.debug, **kernel_kw)
     k.config = cfg
     k.start_kernel_threads()

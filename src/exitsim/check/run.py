@@ -18,6 +18,7 @@ from exitsim.engine.explore import (
     shrink,
 )
 from exitsim.engine.thread import DEAD, where
+from exitsim.machine.costs import CostProfile
 from exitsim.policies.base import Policy
 
 
@@ -72,9 +73,10 @@ def search(
     preemptions: int = 2,
     max_schedules: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    profile: CostProfile | None = None,
 ) -> CheckResult:
     """Explore ``scenario`` under a design; on a violation, shrink its schedule."""
-    f = factory(scenario, policy_maker, arch)
+    f = factory(scenario, policy_maker, arch, profile=profile)
     res = explore(f, preemptions, max_schedules, progress)
     out = CheckResult(
         scenario.name,
@@ -100,11 +102,15 @@ def _describe(out: CheckResult, o: Outcome) -> None:
 
 
 def replay(
-    scenario: Scenario, policy_maker: Callable[[], Policy], arch: str, schedule: list[str]
+    scenario: Scenario,
+    policy_maker: Callable[[], Policy],
+    arch: str,
+    schedule: list[str],
+    profile: CostProfile | None = None,
 ) -> tuple[Outcome, list[Step]]:
     """Run exactly ``schedule`` (then the default) and record every op: which CPU,
     which thread, in which kernel function, doing what."""
-    f = factory(scenario, policy_maker, arch, record=True)
+    f = factory(scenario, policy_maker, arch, record=True, profile=profile)
     steps: list[Step] = []
     seen = [0]
 

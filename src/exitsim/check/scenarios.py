@@ -23,6 +23,7 @@ from exitsim.kern.exit import sys_exit, sys_wait4, userret
 from exitsim.kern.fork import fork1, spawn_user_process, thread_fork
 from exitsim.kern.kernel import Kernel
 from exitsim.kern.proc import SAS_NOCLDWAIT, Proc
+from exitsim.machine.costs import CostProfile
 from exitsim.machine.machine import Machine
 from exitsim.vm.audit import audit_all_exited
 from exitsim.vm.fault import uvm_touch
@@ -227,14 +228,19 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def factory(
-    scenario: Scenario, policy_maker: Callable[[], Policy], arch: str, record: bool = False
+    scenario: Scenario,
+    policy_maker: Callable[[], Policy],
+    arch: str,
+    record: bool = False,
+    profile: CostProfile | None = None,
 ) -> Callable[[Chooser], CheckRun]:
     """What the explorer calls for every schedule: a fresh kernel running the
-    scenario, driven by ``chooser``."""
+    scenario, driven by ``chooser``; ``profile``: its costs instead of the arch's
+    built-in ones (they time the steps of a replayed trace, not which orders exist)."""
 
     def build(chooser: Chooser) -> CheckRun:
         k = Kernel(
-            Machine(arch, scenario.cpus, "exact"),
+            Machine(arch, scenario.cpus, "exact", profile),
             policy_maker(),
             total_pages=1 << 16,
             debug=True,

@@ -269,6 +269,33 @@ def builtin_profile(arch: str) -> CostProfile:
     return parse_profile(ref.read_text(encoding="utf-8"), f"profiles/{arch}.toml")
 
 
+def profile_digest(profile: CostProfile) -> str:
+    """A short hash of a profile's values (not its sources): two profiles with the
+    same digest cost every step the same."""
+    import hashlib
+
+    text = "".join(f"{k}={getattr(profile.costs, k)}\n" for k in COST_KEYS)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[str, int]:
+    """``KEY=VALUE`` (``--cost``): a cost key and a non-negative whole number of its
+    unit; CostProfileError in one line otherwise."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise CostProfileError(f"--cost {text!r}: give KEY=VALUE, e.g. tlbi_ns=700")
+    if key not in COST_KEYS:
+        raise CostProfileError(f"--cost {text!r}: unknown cost key {key!r} (exitsim costs)")
+    try:
+        v = int(value.replace("_", ""))
+    except ValueError:
+        raise CostProfileError(f"--cost {text!r}: {value!r} is not a whole number") from None
+    if v < 0:
+        raise CostProfileError(f"--cost {text!r}: must not be negative")
+    return key, v
+
+
 def with_overrides(profile: CostProfile, overrides: dict[str, int]) -> CostProfile:
     """``profile`` with some values replaced; each replaced source says so. For
     sensitivity runs: a claim is checked at several values of an assumed cost."""

@@ -255,6 +255,10 @@ def _command(results: list[dict[str, Any]], single: bool) -> str | None:
         for k, v in sorted((cfg.get("workload_params") or {}).items()):
             args += ["--param", f"{k}={v}"]
     args += ["--seed", str(cfg["seed"]), "--granularity", cfg["granularity"]]
+    if cfg.get("profile"):
+        args += ["--profile", cfg["profile"]]
+    for k, v in sorted((cfg.get("cost_overrides") or {}).items()):
+        args += ["--cost", f"{k}={v}"]
     if cfg.get("debug"):
         args.append("--debug-checks")
     return " ".join(_shell_word(a) for a in args)

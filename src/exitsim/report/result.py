@@ -78,6 +78,19 @@ def _machine_states(totals: dict[str, int]) -> dict[str, float | int]:
     return states | pct
 
 
+def _costs_used(cfg: SimConfig) -> dict[str, Any]:
+    """Which costs a run used: the profile's name, a digest of its values, and every
+    value the config overrode."""
+    from exitsim.machine.costs import builtin_profile, load_profile, profile_digest
+
+    base = load_profile(cfg.profile) if cfg.profile is not None else builtin_profile(cfg.arch)
+    return {
+        "profile": base.path,
+        "digest": profile_digest(base),
+        "overrides": dict(sorted(cfg.cost_overrides.items())),
+    }
+
+
 def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
     eng = k.engine
     cpus = [{"cpu": c.index, **c.times(), "switches": c.switches} for c in eng.cpus]
@@ -90,7 +103,7 @@ def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
     m = k.meters
     return {
         "schema": SCHEMA_VERSION,
-        "config": cfg.as_dict() | {"policy": k.policy.name},
+        "config": cfg.as_dict() | {"policy": k.policy.name, "costs": _costs_used(cfg)},
         "makespan_ns": eng.now,
         "cpu": totals,
         "cpus": cpus,
