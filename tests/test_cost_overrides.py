@@ -1,7 +1,8 @@
 """``--profile FILE`` and ``--cost KEY=VALUE`` on run, compare and check (and
 ``SimConfig`` for the API): a changed cost changes the run, the Result's config
-records the profile, a digest of its values and every override, and a profile file
-with the same change gives the same run."""
+records the profile file and every override (and stays a SimConfig), its ``costs``
+the profile, a digest of its values and the overrides, and a profile file with the
+same change gives the same run."""
 
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ def test_a_cost_override_changes_the_run_and_is_recorded(
     slow = _run_json([*RUN, "--cost", "tlbi_ns=1460"], capsys)
     assert slow["makespan_ns"] > plain["makespan_ns"]
     assert slow["config"]["cost_overrides"] == {"tlbi_ns": 1460}
-    costs = slow["config"]["costs"]
+    assert SimConfig(**slow["config"]).cost_overrides == {"tlbi_ns": 1460}
+    costs = slow["costs"]
     assert costs == {
         "profile": "profiles/arm64.toml",
         "digest": profile_digest(builtin_profile("arm64")),
         "overrides": {"tlbi_ns": 1460},
     }
-    assert plain["config"]["costs"]["overrides"] == {}
+    assert plain["costs"]["overrides"] == {}
     api = simulate(
         SimConfig(
             policy="purge",
@@ -60,9 +62,9 @@ def test_a_profile_file_with_the_same_change_gives_the_same_run(
     mine.write_text(text[:start] + "[costs.tlbi_ns]\nvalue = 1_460" + text[end:], encoding="utf-8")
     by_file = _run_json([*RUN, "--profile", str(mine)], capsys)
     by_flag = _run_json([*RUN, "--cost", "tlbi_ns=1460"], capsys)
-    assert by_file["config"]["costs"]["profile"] == str(mine)
-    assert by_file["config"]["costs"]["digest"] != profile_digest(builtin_profile("arm64"))
-    strip = lambda r: {k: v for k, v in r.items() if k != "config"}  # noqa: E731
+    assert by_file["config"]["profile"] == by_file["costs"]["profile"] == str(mine)
+    assert by_file["costs"]["digest"] != profile_digest(builtin_profile("arm64"))
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("config", "costs")}  # noqa: E731
     assert strip(by_file) == strip(by_flag)
 
 
@@ -71,7 +73,7 @@ def test_compare_takes_the_overrides_for_every_run(capsys: pytest.CaptureFixture
     argv += ["--param", "jobs=2", "--cost", "tlbi_ns=700", "--workers", "1", "--json"]
     assert main(argv) == 0
     results = json.loads(capsys.readouterr().out)
-    assert [r["config"]["costs"]["overrides"] for r in results] == [{"tlbi_ns": 700}] * 2
+    assert [r["costs"]["overrides"] for r in results] == [{"tlbi_ns": 700}] * 2
 
 
 def test_check_takes_them_too(capsys: pytest.CaptureFixture[str]) -> None:

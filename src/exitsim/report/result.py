@@ -103,7 +103,8 @@ def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
     m = k.meters
     return {
         "schema": SCHEMA_VERSION,
-        "config": cfg.as_dict() | {"policy": k.policy.name, "costs": _costs_used(cfg)},
+        "config": cfg.as_dict() | {"policy": k.policy.name},
+        "costs": _costs_used(cfg),
         "makespan_ns": eng.now,
         "cpu": totals,
         "cpus": cpus,
