@@ -423,7 +423,7 @@ def _echo(console: Any, items: dict[str, Any]) -> None:
     then the cost profile of each arch."""
     from dataclasses import asdict
 
-    from exitsim.machine.costs import builtin_profile, profile_digest, source_kind
+    from exitsim.machine.costs import assumption_count, builtin_profile, profile_digest
     from exitsim.workloads.registry import WORKLOADS, check_params
 
     for key, value in items.items():
@@ -443,7 +443,7 @@ def _echo(console: Any, items: dict[str, Any]) -> None:
     for arch in str(arches).split(","):
         if arch in ARCHES:
             prof = load_profile(profile) if profile else builtin_profile(arch)
-            n = sum(source_kind(src) == "assumption" for src in prof.sources.values())
+            n = assumption_count(prof)
             text = f"# costs {arch}: {prof.path} ({profile_digest(prof)}), "
             text += f"{n} of {len(prof.sources)} values assumptions (exitsim costs)"
             if overrides:
@@ -452,11 +452,15 @@ def _echo(console: Any, items: dict[str, Any]) -> None:
 
 
 def _write_outputs(args: argparse.Namespace, results: Any) -> bool:
-    """A run's or a comparison's results to ``-o`` and ``--plot``, and to stdout with
-    ``--json``; True when the JSON was all there is to print."""
+    """A run's or a comparison's results to ``-o``, ``--plot`` and ``--folded``, and to
+    stdout with ``--json``; True when the JSON was all there is to print."""
     text = json.dumps(results, sort_keys=True, indent=1) + "\n"
     if args.output:
         write_atomic(args.output, text)
+    if args.folded:
+        from exitsim.report.kprof import folded_text
+
+        write_atomic(args.folded, folded_text(results))
     if args.plot:
         from exitsim.report.plots import write_plot
 
@@ -468,7 +472,6 @@ def _write_outputs(args: argparse.Namespace, results: Any) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-
     from exitsim.report.compare import compare_tables
     from exitsim.report.progress import bar, wanted
     from exitsim.report.table import cpu_table, lock_table, tlb_table
@@ -494,10 +497,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             write_atomic(args.trace, trace)
         else:
             result = simulate(cfg, report, kprof=bool(args.folded))
-    if args.folded:
-        from exitsim.report.kprof import folded_text
-
-        write_atomic(args.folded, folded_text(result))
     if _write_outputs(args, result):
         return 0
     console = _console()
@@ -507,20 +506,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(cpu_table(result))
     console.print(lock_table(result))
     console.print(tlb_table(result))
-    if args.folded:
-        from exitsim.report.kprof import kprof_tables
-
-        for t in kprof_tables([result]):
-            console.print(t)
     kv = result["known_violations"]
     if kv:
         console.print(f"known violations of this design (counted, not stopped): {kv}", markup=False)
-    if args.plot:
-        console.print(f"plot: {args.plot}", markup=False)
-    if args.trace:
-        console.print(f"trace: {args.trace} (open it in the Perfetto UI)", markup=False)
-    if args.folded:
-        console.print(f"folded: {args.folded} (flamegraph.pl, speedscope)", markup=False)
+    _print_tail(console, args, [result])
     return 0
 
 
@@ -529,6 +518,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from exitsim.sim import simulate
 
     _check_dir("--output", args.output)
+    _check_dir("--folded", args.folded)
     _check_plot(args.plot)
     policies = _names("--policies", args.policies)
     arches = _names("--arches", args.arches)
@@ -550,15 +540,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for cfg in configs:
         if cfg.cpus == cpus[0]:
             _validate(cfg)
-    _check_dir("--folded", args.folded)
     from functools import partial
 
     run = partial(simulate, kprof=True) if args.folded else simulate
     results = _map_runs(run, configs, args.workers, quiet=args.json or args.quiet)
-    if args.folded:
-        from exitsim.report.kprof import folded_text
-
-        write_atomic(args.folded, folded_text(results))
     if _write_outputs(args, results):
         return 0
     from exitsim.report.verdict import verdict_lines
@@ -584,16 +569,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     console.print()
     for t in compare_tables(results, baseline, console.width):
         console.print(t)
+    _print_tail(console, args, results)
+    return 0
+
+
+def _print_tail(console: Any, args: argparse.Namespace, results: list[Any]) -> None:
+    """What run and compare print after their tables: time by kernel function when
+    profiled, then where each output went."""
     if args.folded:
         from exitsim.report.kprof import kprof_tables
 
         for t in kprof_tables(results):
             console.print(t)
-    if args.plot:
-        console.print(f"plot: {args.plot}", markup=False)
-    if args.folded:
-        console.print(f"folded: {args.folded} (flamegraph.pl, speedscope)", markup=False)
-    return 0
+    for what, path, hint in (
+        ("plot", args.plot, ""),
+        ("trace", getattr(args, "trace", None), " (open it in the Perfetto UI)"),
+        ("folded", args.folded, " (flamegraph.pl, speedscope)"),
+    ):
+        if path:
+            console.print(f"{what}: {path}{hint}", markup=False)
 
 
 def _map_runs(fn: Any, configs: list[Any], workers: int, quiet: bool) -> list[Any]:
@@ -843,22 +837,18 @@ def _print_steps(steps: list[Any]) -> None:
 def _check_costs(args: argparse.Namespace) -> CostProfile | None:
     """check's --profile and --cost: the profile to build its kernels with, or None
     for the arch's built-in one unchanged."""
-    from exitsim.machine.costs import builtin_profile, with_overrides
+    from exitsim.machine.costs import resolve_profile
 
     overrides = _cost_overrides(args.cost)
-    prof = _load_profile(args.profile, args.arch)
-    if not overrides:
-        return prof
-    return with_overrides(prof or builtin_profile(args.arch), overrides)
+    if args.profile is None and not overrides:
+        return None
+    return resolve_profile(args.arch, args.profile, overrides)
 
 
 def _load_profile(path: str | None, arch: str) -> CostProfile | None:
-    if path is None:
-        return None
-    prof = load_profile(path)
-    if prof.arch != arch:
-        raise UsageError(f"{path}: profile is for {prof.arch}, but --arch is {arch}")
-    return prof
+    from exitsim.machine.costs import resolve_profile
+
+    return None if path is None else resolve_profile(arch, path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

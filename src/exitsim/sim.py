@@ -10,13 +10,7 @@ from typing import Any
 from exitsim.engine.errors import SimError
 from exitsim.kern.kernel import Kernel
 from exitsim.machine.arch import ARCHES
-from exitsim.machine.costs import (
-    CostProfile,
-    CostProfileError,
-    builtin_profile,
-    load_profile,
-    with_overrides,
-)
+from exitsim.machine.costs import costs_record, resolve_profile, with_overrides
 from exitsim.machine.machine import DEFAULT_TOTAL_PAGES, Machine
 from exitsim.policies.base import Policy
 from exitsim.policies.registry import get_policy, load_policy_file
@@ -55,15 +49,6 @@ class SimConfig:
         return d
 
 
-def cost_profile(cfg: SimConfig) -> CostProfile:
-    """The costs a config runs with: its profile file or the arch's built-in one,
-    with its overrides. CostProfileError for a bad file, key or arch."""
-    prof = load_profile(cfg.profile) if cfg.profile is not None else builtin_profile(cfg.arch)
-    if prof.arch != cfg.arch:
-        raise CostProfileError(f"{prof.path}: profile is for {prof.arch}, not {cfg.arch}")
-    return with_overrides(prof, cfg.cost_overrides) if cfg.cost_overrides else prof
-
-
 def make_policy(cfg: SimConfig) -> Policy:
     if cfg.policy_file is not None:
         return load_policy_file(cfg.policy_file)
@@ -76,9 +61,12 @@ def build_kernel(cfg: SimConfig, **kernel_kw: Any) -> Kernel:
         raise ValueError(f"cpus must be at least 1 (got {cfg.cpus})")
     if cfg.arch not in ARCHES:
         raise ValueError(f"unknown arch {cfg.arch!r} (known: {', '.join(sorted(ARCHES))})")
-    machine = Machine(cfg.arch, cfg.cpus, cfg.granularity, cost_profile(cfg))
+    base = resolve_profile(cfg.arch, cfg.profile)
+    costs = with_overrides(base, cfg.cost_overrides) if cfg.cost_overrides else base
+    machine = Machine(cfg.arch, cfg.cpus, cfg.granularity, costs)
     k = Kernel(machine, make_policy(cfg), total_pages=cfg.total_pages, debug=cfg.debug, **kernel_kw)
     k.config = cfg
+    k.costs_used = costs_record(base, cfg.cost_overrides)
     k.start_kernel_threads()
     start_workload(k, cfg.workload, cfg.workload_params, cfg.seed)
     return k

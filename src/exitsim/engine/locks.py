@@ -48,21 +48,25 @@ class LockStats:
         self.wait_ns += waited
         if waited > self.max_wait_ns:
             self.max_wait_ns = waited
+        self._count(waited, 1)
+
+    def extend_wait(self, granted: int, by: int) -> None:
+        """A wait counted at its grant as ``granted`` ns lasted ``by`` ns more (a
+        spinner's cache-line hand-off): its total, its maximum and its bucket."""
+        waited = granted + by
+        self.wait_ns += by
+        if waited > self.max_wait_ns:
+            self.max_wait_ns = waited
+        if waited.bit_length() != granted.bit_length():
+            self._count(granted, -1)
+            self._count(waited, 1)
+
+    def _count(self, waited: int, n: int) -> None:
         b = waited.bit_length()
         hist = self.wait_hist
         if b >= len(hist):
             hist.extend([0] * (b + 1 - len(hist)))
-        hist[b] += 1
-
-    def move_wait(self, was: int, now: int) -> None:
-        """A wait counted as ``was`` ns turned out to be ``now`` ns (a hand-off's
-        cache-line transfer added to it): move it to its bucket."""
-        hist = self.wait_hist
-        hist[was.bit_length()] -= 1
-        b = now.bit_length()
-        if b >= len(hist):
-            hist.extend([0] * (b + 1 - len(hist)))
-        hist[b] += 1
+        hist[b] += n
 
     def as_dict(self) -> dict[str, int]:
         return {

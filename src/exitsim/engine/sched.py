@@ -705,14 +705,7 @@ class Engine:
         """The lock granted the spinner on ``c`` at the release; it holds it only once
         the line arrives, ``h`` later. Its wait takes the transfer in and its hold
         starts then, as a waiter-side lock profiler (lockstat) would count them."""
-        st = lock.stats
-        st.wait_ns += h
-        granted = self.now - c.lock_wait_from
-        waited = granted + h
-        if waited > st.max_wait_ns:
-            st.max_wait_ns = waited
-        # The grant counted this wait in the histogram without the transfer: move it.
-        st.move_wait(granted, waited)
+        lock.stats.extend_wait(self.now - c.lock_wait_from, h)
         if isinstance(lock, (TicketLock, SpinMutex)):
             lock.since += h
 

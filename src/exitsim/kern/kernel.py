@@ -69,6 +69,8 @@ class Kernel:
         self.initprocess.ps_flags |= PS_SYSTEM
         self.reaper_proc: Proc | None = None
         self.config: Any = None  # the SimConfig a run was built from, when there is one
+        #: Which costs the run uses, as the Result's ``costs`` (machine/costs.py).
+        self.costs_used: dict[str, Any] = {}
 
     @property
     def now(self) -> int:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import functools
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,7 @@ def describe_profile(profile: CostProfile) -> dict[str, Any]:
         "arch": profile.arch,
         "description": profile.description,
         "path": profile.path,
-        "assumptions": sum(c["kind"] == "assumption" for c in costs.values()),
+        "assumptions": assumption_count(profile),
         "costs": costs,
     }
 
@@ -206,6 +207,17 @@ def load_profile(path: str | Path) -> CostProfile:
     except UnicodeDecodeError:
         raise CostProfileError(f"{path}: not UTF-8 text") from None
     return parse_profile(text, str(path))
+
+
+def _check_value(where: str, key: str, v: object) -> None:
+    """A cost value is a non-negative integer; the quantum is positive. ``where``
+    starts the one-line message."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CostProfileError(f"{where} must be an integer (got {v!r})")
+    if v < 0:
+        raise CostProfileError(f"{where} must not be negative (got {v})")
+    if key == "quantum_ns" and v == 0:
+        raise CostProfileError(f"{where} must be positive")
 
 
 def parse_profile(text: str, name: str) -> CostProfile:
@@ -237,10 +249,7 @@ def parse_profile(text: str, name: str) -> CostProfile:
             if k not in ("value", "source"):
                 raise CostProfileError(f"{name}: unknown key costs.{key}.{k}")
         v = entry.get("value")
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise CostProfileError(f"{name}: costs.{key}.value must be an integer (got {v!r})")
-        if v < 0:
-            raise CostProfileError(f"{name}: costs.{key}.value must not be negative (got {v})")
+        _check_value(f"{name}: costs.{key}.value", key, v)
         src = entry.get("source")
         if not isinstance(src, str) or not src.strip():
             raise CostProfileError(f"{name}: costs.{key}.source must say where {key} comes from")
@@ -249,8 +258,6 @@ def parse_profile(text: str, name: str) -> CostProfile:
     missing = [k for k in COST_KEYS if k not in values]
     if missing:
         raise CostProfileError(f"{name}: missing cost key costs.{missing[0]}")
-    if values["quantum_ns"] == 0:
-        raise CostProfileError(f"{name}: costs.quantum_ns.value must be positive")
     return CostProfile(
         arch=prof["arch"],
         description=str(prof.get("description", "")),
@@ -296,24 +303,41 @@ def parse_override(text: str) -> tuple[str, int]:
     return key, v
 
 
-def with_overrides(profile: CostProfile, overrides: dict[str, int]) -> CostProfile:
+def with_overrides(profile: CostProfile, overrides: Mapping[str, int]) -> CostProfile:
     """``profile`` with some values replaced; each replaced source says so. For
     sensitivity runs: a claim is checked at several values of an assumed cost."""
-    values = {k: getattr(profile.costs, k) for k in COST_KEYS}
     sources = dict(profile.sources)
     for key, v in overrides.items():
         if key not in COST_KEYS:
             raise CostProfileError(f"cost override: unknown cost key {key!r}")
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise CostProfileError(f"cost override: {key} must be a non-negative integer")
-        if key == "quantum_ns" and v == 0:
-            raise CostProfileError("cost override: quantum_ns must be positive")
-        sources[key] = f"override: {v} (profile value {values[key]}: {sources[key]})"
-        values[key] = v
-    return CostProfile(
-        arch=profile.arch,
-        description=profile.description,
-        costs=Costs(**values),
-        sources=sources,
-        path=profile.path,
-    )
+        _check_value(f"cost override: {key}", key, v)
+        was = getattr(profile.costs, key)
+        sources[key] = f"override: {v} (profile value {was}: {sources[key]})"
+    return replace(profile, costs=replace(profile.costs, **overrides), sources=sources)
+
+
+def resolve_profile(
+    arch: str, path: str | None = None, overrides: Mapping[str, int] | None = None
+) -> CostProfile:
+    """The costs a run of ``arch`` uses: the profile file at ``path`` (or the arch's
+    built-in one), with ``overrides``. CostProfileError for a bad file, a profile for
+    another arch, or a bad override."""
+    prof = load_profile(path) if path is not None else builtin_profile(arch)
+    if prof.arch != arch:
+        raise CostProfileError(f"{prof.path}: profile is for {prof.arch}, not {arch}")
+    return with_overrides(prof, overrides) if overrides else prof
+
+
+def costs_record(base: CostProfile, overrides: Mapping[str, int]) -> dict[str, Any]:
+    """Which costs a run used, as its Result records them (``costs``): the profile's
+    name, a digest of its values (before ``overrides``), every override."""
+    return {
+        "profile": base.path,
+        "digest": profile_digest(base),
+        "overrides": dict(sorted(overrides.items())),
+    }
+
+
+def assumption_count(profile: CostProfile) -> int:
+    """How many of a profile's values its sources mark as assumptions."""
+    return sum(source_kind(src) == "assumption" for src in profile.sources.values())

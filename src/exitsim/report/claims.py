@@ -110,7 +110,7 @@ def _page_locks_wait(r: dict[str, Any]) -> float:
     return float(sum(locks[n]["wait_ns"] for n in ("fpageqlock", "pageqlock") if n in locks))
 
 
-def _same_work(r: dict[str, Any]) -> dict[str, Any]:
+def same_work(r: dict[str, Any]) -> dict[str, Any]:
     """Not a figure: the part of a Result that two designs doing the same work
     share (everything but the config, which names the design)."""
     return {k: v for k, v in r.items() if k != "config"}
@@ -239,7 +239,7 @@ CLAIMS: tuple[Claim, ...] = (
         "pmap_purge exists only on arm64 (and sparc64): on amd64 purge and "
         "purge+pmap_purge do identical work",
         "the whole Result but its config",
-        _same_work,
+        same_work,
         "purge",
         "purge+pmap_purge",
         SAME,
@@ -359,7 +359,8 @@ def verdict(direction: str, lo: float, hi: float) -> str:
     return "holds" if lo == hi == 1 else "fails"
 
 
-def _ratio(a: float, b: float) -> float:
+def ratio(a: float, b: float) -> float:
+    """``a / b``; 1 for 0/0, infinity for a/0."""
     if b == 0:
         return 1.0 if a == 0 else math.inf
     return a / b
@@ -385,7 +386,7 @@ def evaluate(
                             if c.direction == SAME:
                                 ratios.append(1.0 if c.read(mine) == c.read(theirs) else 0.0)
                             else:
-                                ratios.append(_ratio(c.read(mine), c.read(theirs)))
+                                ratios.append(ratio(c.read(mine), c.read(theirs)))
                         if c.direction == SAME:
                             mean = lo = hi = min(ratios)
                         else:

@@ -14,7 +14,7 @@ from typing import Any
 
 from exitsim.report.compare import METRIC_HELP, METRICS, compare_cells, metric
 from exitsim.report.plots import format_ns, has_wait_buckets, render, wait_hist
-from exitsim.report.result import percentile
+from exitsim.report.result import exit_latencies, percentile
 from exitsim.report.table import (
     Rows,
     cpu_rows,
@@ -394,7 +394,7 @@ def _comparison(results: list[dict[str, Any]]) -> _Section:
 def _latency_row(r: dict[str, Any]) -> list[str]:
     """Exit latencies of a run: how many, and the quantiles (nearest rank, as the
     Result's p50 and p99)."""
-    lat = [p["exit_latency_ns"] for p in r["per_process"] if p.get("exit_latency_ns") is not None]
+    lat = exit_latencies(r)
     if not lat:
         return [str(len(lat))] + ["-"] * 6
     qs = [percentile(lat, q) for q in (0.1, 0.5, 0.9, 0.99)]

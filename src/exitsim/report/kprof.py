@@ -38,12 +38,12 @@ per CPU bucket and per thread, on random engine programs.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
-import exitsim.workloads
+from exitsim.report.perfetto import kernel_frames, lock_family
+from exitsim.report.table import Rows
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
     from exitsim.engine.ops import Ipi
     from exitsim.engine.sched import Cpu, Engine
     from exitsim.engine.thread import Thread
-
-_WORKLOADS_DIR = os.path.dirname(exitsim.workloads.__file__) + os.sep
 
 #: The one-frame stack of an idle CPU.
 IDLE = "idle"
@@ -74,13 +72,12 @@ class _Ctx:
     """What a CPU's unattributed time goes to: per accounting bucket (user, sys, spin,
     idle) a stack, and the thread it is charged to (None when idle)."""
 
-    __slots__ = ("tid", "stack", "keys")
+    __slots__ = ("tid", "keys")
 
     def __init__(
         self, tid: int | None, stack: Stack, sys_leaf: str | None = None, spin_leaf: str = "?"
     ) -> None:
         self.tid = tid
-        self.stack = stack
         #: The stacks of the user, sys and spin buckets (M_USER, M_SYS, M_SPIN).
         self.keys: tuple[Stack, Stack, Stack] = (
             (*stack, USER_LEAF),
@@ -106,8 +103,8 @@ class KernelProfiler:
         #: Time attributed per thread id (user, sys and spin; not interrupts): what the
         #: engine charges the thread itself (``user_ns + sys_ns``).
         self.by_thread: dict[int, int] = {}
-        # Frame names by code object, root frames by comm.
-        self._names: dict[CodeType | str, str] = {}
+        # Frame names by code object (kernel_frames's cache).
+        self._code_names: dict[CodeType, str] = {}
         self._ctx: list[_Ctx] = [_IDLE_CTX for _ in eng.cpus]
         self._seen: list[list[int]] = [list(c.acct) for c in eng.cpus]
         self._ipi_label: list[str] = ["ipi" for _ in eng.cpus]
@@ -186,33 +183,12 @@ class KernelProfiler:
     # -- stacks ------------------------------------------------------------------------
 
     def stack(self, t: Thread) -> Stack:
-        """``t``'s root frame and the kernel functions it is in, outermost first."""
+        """``t``'s root frame and the kernel functions it is in, outermost first (the
+        Perfetto timeline's, less generator expressions and lambdas too)."""
         pr = getattr(t, "p_p", None)
-        root = pr.comm if pr is not None else t.name
-        names = self._names
-        r = names.get(root)
-        if r is None:
-            r = names[root] = _frame_name(root)
-        out = [r]
-        g: Any = t.gen
-        while g is not None:
-            try:
-                frame = g.gi_frame
-                nxt = g.gi_yieldfrom
-            except AttributeError:  # delegating to a plain iterator: no frames below
-                break
-            if frame is not None:
-                code = frame.f_code
-                name = names.get(code)
-                if name is None:
-                    name = code.co_name
-                    if name[:1] in ("_", "<") or code.co_filename.startswith(_WORKLOADS_DIR):
-                        name = ""
-                    names[code] = name
-                if name:
-                    out.append(name)
-            g = nxt
-        return tuple(out)
+        root = _frame_name(pr.comm if pr is not None else t.name)
+        frames = kernel_frames(t, self._code_names, ("_", "<"))
+        return (root, *(name for _, name in frames))
 
     def _enter(self, c: Cpu, t: Thread) -> None:
         """``t`` on ``c`` has just yielded what it now waits on: its new context."""
@@ -223,7 +199,7 @@ class KernelProfiler:
         if c.spin_since >= 0:
             lock = c.spinning_on
             if lock is not None:
-                what = lock.name.split(".", 1)[0]
+                what = lock_family(lock)
             elif c.acks_pending:
                 what = f"ipi_acks:{self._ipi_label[c.index]}"
             elif t.wchan is not None:
@@ -414,10 +390,6 @@ def _self_total(stacks: list[tuple[Stack, int]], match: Callable[[str], bool]) -
 
 def _ms(ns: int) -> str:
     return f"{ns / 1e6:,.3f}"
-
-
-#: A table as (title, column headings, rows of cells), as report/table.py's.
-Rows = tuple[str, list[str], list[list[str]]]
 
 
 def kprof_rows(results: Sequence[dict[str, Any]]) -> list[Rows]:

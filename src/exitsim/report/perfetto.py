@@ -334,6 +334,33 @@ COUNTERS = (
 )
 
 
+def kernel_frames(
+    t: Thread, names: dict[Any, str], skip: tuple[str, ...] = ("_",)
+) -> list[tuple[object, str]]:
+    """The kernel functions ``t`` is in, outermost first, each with its generator, down
+    its ``yield from`` chain. Left out: the workload's own code (the program driving
+    the process: it stands for user land) and functions whose name starts with one of
+    ``skip`` (the simulator's private helpers, as ``_pmap_remove_amd64`` inside
+    ``pmap_remove``), whose time is their caller's. ``names`` caches the decision per
+    code object; give each ``skip`` its own."""
+    out: list[tuple[object, str]] = []
+    g: Any = t.gen
+    while g is not None:
+        frame = getattr(g, "gi_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            name = names.get(code)
+            if name is None:
+                name = code.co_name
+                if name.startswith(skip) or code.co_filename.startswith(_WORKLOADS_DIR):
+                    name = ""
+                names[code] = name
+            if name:
+                out.append((g, name))
+        g = getattr(g, "gi_yieldfrom", None)
+    return out
+
+
 def lock_family(lock: Lock) -> str:
     """A lock's name without its instance suffix (``pm_mtx.cc1.7`` is ``pm_mtx``)."""
     return lock.name.split(".", 1)[0]
@@ -468,27 +495,9 @@ class TraceRecorder:
     # -- slices ------------------------------------------------------------------------
 
     def _kernel_frames(self, t: Thread) -> list[tuple[object, str]]:
-        """The kernel functions ``t`` is in, outermost first, each with its generator.
-        Left out: the workload's own code (the program driving the process: it stands
-        for user land) and the simulator's private helpers (a leading underscore, as
-        ``_pmap_remove_amd64`` inside ``pmap_remove``), whose time is their caller's."""
-        out: list[tuple[object, str]] = []
-        names = self._code_names
-        g: Any = t.gen
-        while g is not None:
-            frame = getattr(g, "gi_frame", None)
-            if frame is not None:
-                code = frame.f_code
-                name = names.get(code)
-                if name is None:
-                    name = code.co_name
-                    if name.startswith("_") or code.co_filename.startswith(_WORKLOADS_DIR):
-                        name = ""
-                    names[code] = name
-                if name:
-                    out.append((g, name))
-            g = getattr(g, "gi_yieldfrom", None)
-        return out
+        """The kernel functions ``t`` is in, outermost first, each with its generator
+        (``kernel_frames``)."""
+        return kernel_frames(t, self._code_names)
 
     def _go(
         self,

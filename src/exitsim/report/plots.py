@@ -25,6 +25,7 @@ from matplotlib.gridspec import SubplotSpec
 from matplotlib.ticker import FixedLocator, LogFormatter, MaxNLocator, NullLocator
 
 from exitsim.report.files import write_atomic
+from exitsim.report.result import add_hist, exit_latencies, percentile
 from exitsim.report.table import workload_text
 from exitsim.vm.uvm import PAGE_SIZE
 
@@ -299,7 +300,7 @@ def _cdf_panel(ax: Axes, series: Sequence[tuple[str, list[int], Any]], title: st
         if not lat:
             continue
         xs, ys = cdf_points(lat)
-        p50, p99 = xs[math.ceil(0.5 * len(xs)) - 1], xs[math.ceil(0.99 * len(xs)) - 1]
+        p50, p99 = percentile(xs, 0.5), percentile(xs, 0.99)
         ax.plot(
             xs,
             ys,
@@ -571,15 +572,8 @@ def wait_hist(r: dict[str, Any], locks: Sequence[str] | None = None) -> list[int
     for name, s in r["locks"].items():
         if locks is not None and name not in locks:
             continue
-        h = s.get("wait_log2_hist") or []
-        out.extend([0] * (len(h) - len(out)))
-        for i, n in enumerate(h):
-            out[i] += n
+        add_hist(out, s.get("wait_log2_hist") or [])
     return out
-
-
-def _latencies(r: dict[str, Any]) -> list[int]:
-    return [p["exit_latency_ns"] for p in r["per_process"] if p.get("exit_latency_ns") is not None]
 
 
 def _held_lanes(r: dict[str, Any], label: str, color: Any) -> tuple[str, Any, Any, str]:
@@ -656,7 +650,8 @@ def compare_figure(results: list[dict[str, Any]]) -> Figure:
             ax.set_title(f"{where}: sys time charged per process")
         elif kind == "latency":
             series = [
-                (r["config"]["policy"], _latencies(r), colors[r["config"]["policy"]]) for r in rs
+                (r["config"]["policy"], exit_latencies(r), colors[r["config"]["policy"]])
+                for r in rs
             ]
             _cdf_panel(ax, series, f"{where}: exit latency (CDF)")
         elif kind == "locks":
@@ -699,7 +694,7 @@ def run_figure(result: dict[str, Any]) -> Figure:
 
     ax_lat = fig.add_subplot(grid[0, 1])
     ax_lat.set_gid("latency")
-    lat = _latencies(result)
+    lat = exit_latencies(result)
     series = [(f"all {len(lat)} waited for", lat, color)]
     _cdf_panel(ax_lat, series, "exit latency (CDF)")
 

@@ -48,11 +48,11 @@ def _lock_stats(locks: dict[str, Lock]) -> dict[str, dict[str, Any]]:
                 agg[f] = max(agg[f], v) if f.startswith("max_") else agg[f] + v
         else:
             out[key] = dict(st) | {"wait_log2_hist": []}
-        _add_hist(out[key]["wait_log2_hist"], locks[name].stats.wait_hist)
+        add_hist(out[key]["wait_log2_hist"], locks[name].stats.wait_hist)
     return out
 
 
-def _add_hist(into: list[int], hist: list[int]) -> None:
+def add_hist(into: list[int], hist: list[int]) -> None:
     """Add the bucket counts ``hist`` into ``into``, element by element."""
     into.extend([0] * (len(hist) - len(into)))
     for i, n in enumerate(hist):
@@ -78,17 +78,9 @@ def _machine_states(totals: dict[str, int]) -> dict[str, float | int]:
     return states | pct
 
 
-def _costs_used(cfg: SimConfig) -> dict[str, Any]:
-    """Which costs a run used: the profile's name, a digest of its values, and every
-    value the config overrode."""
-    from exitsim.machine.costs import builtin_profile, load_profile, profile_digest
-
-    base = load_profile(cfg.profile) if cfg.profile is not None else builtin_profile(cfg.arch)
-    return {
-        "profile": base.path,
-        "digest": profile_digest(base),
-        "overrides": dict(sorted(cfg.cost_overrides.items())),
-    }
+def exit_latencies(r: dict[str, Any]) -> list[int]:
+    """A Result's exit latencies, one per process waited for, in pid order."""
+    return [p["exit_latency_ns"] for p in r["per_process"] if p.get("exit_latency_ns") is not None]
 
 
 def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
@@ -104,7 +96,7 @@ def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION,
         "config": cfg.as_dict() | {"policy": k.policy.name},
-        "costs": _costs_used(cfg),
+        "costs": k.costs_used,
         "makespan_ns": eng.now,
         "cpu": totals,
         "cpus": cpus,
@@ -170,6 +162,7 @@ def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
 
 def with_kprof(result: dict[str, Any], folded: dict[str, int]) -> dict[str, Any]:
     """``result`` with ``kprof``: CPU time by stack of kernel functions, folded
-    (``{"cc1;sys_exit;exit1;...": ns}``, sorted), for a run profiled with
-    ``simulate(cfg, kprof=True)`` (report/kprof.py). A run without it has no such key."""
-    return result | {"kprof": dict(sorted(folded.items()))}
+    (``{"cc1;sys_exit;exit1;...": ns}``, sorted as ``KernelProfiler.folded`` gives
+    it), for a run profiled with ``simulate(cfg, kprof=True)`` (report/kprof.py). A run
+    without it has no such key."""
+    return result | {"kprof": folded}

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from exitsim.report.claims import ratio_interval
+from exitsim.report.claims import ratio, ratio_interval, same_work
 
 #: (what, how to read it from a Result)
 FIGURES: tuple[tuple[str, Callable[[dict[str, Any]], float]], ...] = (
@@ -37,11 +37,6 @@ FIGURES: tuple[tuple[str, Callable[[dict[str, Any]], float]], ...] = (
 )
 
 
-def _work(r: dict[str, Any]) -> dict[str, Any]:
-    """A Result without its config: what the run did, not what it was called."""
-    return {k: v for k, v in r.items() if k != "config"}
-
-
 def _change(ratios: list[float]) -> str:
     """A ratio as a change: "+12.3%", "-4.0%", "x35.2" past doubling, with its
     interval when there are several."""
@@ -57,12 +52,6 @@ def _change(ratios: list[float]) -> str:
     if len(ratios) == 1:
         return one(mean)
     return f"{one(mean)} [{one(lo)} .. {one(hi)}]"
-
-
-def _ratio(a: float, b: float) -> float:
-    if b == 0:
-        return 1.0 if a == 0 else float("inf")
-    return a / b
 
 
 def _why_identical(a: str, b: str, arch: str) -> str:
@@ -106,7 +95,7 @@ def verdict_lines(results: list[dict[str, Any]], baseline: str) -> list[str]:
                 (
                     e
                     for e in [baseline, *seen]
-                    if all(_work(runs[s]) == _work(by[(arch, cpus, e)][s]) for s in seeds)
+                    if all(same_work(runs[s]) == same_work(by[(arch, cpus, e)][s]) for s in seeds)
                 ),
                 None,
             )
@@ -116,7 +105,7 @@ def verdict_lines(results: list[dict[str, Any]], baseline: str) -> list[str]:
                 continue
             parts = []
             for what, read in FIGURES:
-                ratios = [_ratio(read(runs[s]), read(base[s])) for s in seeds]
+                ratios = [ratio(read(runs[s]), read(base[s])) for s in seeds]
                 parts.append(f"{what} {_change(ratios)}")
             lines.append(f"  {d:<{width}}  " + ", ".join(parts))
         for d, twin in same:

@@ -396,7 +396,7 @@ def uvm_pmr_cache_put(uvm: Uvm, p: Thread, npages: int) -> KPath:
     """``npages`` freed pages go into this CPU's active magazine; a full one makes the
     other go to the trees first. On an arch whose constraints cover all memory they go
     to the trees directly, one by one (module doc)."""
-    if uvm.arch.name in PMR_PUT_SKIPS_MAGAZINES:
+    if uvm.put_skips_magazines:
         yield Run(uvm.costs.pcpu_cache_ns * npages)
         yield from uvm_pmr_freepages(uvm, p, npages)
         return

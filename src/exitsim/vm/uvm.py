@@ -79,7 +79,7 @@ class Uvm:
         total_pages: int,
         debug: bool = False,
     ) -> None:
-        from exitsim.vm.page import PhysMem, PmrCache
+        from exitsim.vm.page import PMR_PUT_SKIPS_MAGAZINES, PhysMem, PmrCache
 
         self.engine = engine
         self.machine = machine
@@ -105,6 +105,8 @@ class Uvm:
         self.physmem: PhysMem = PhysMem(total_pages)
         #: ``curcpu()->ci_uvm`` of every CPU: the per-CPU page magazines.
         self.pmr_cache: list[PmrCache] = [PmrCache() for _ in range(machine.ncpu)]
+        #: A freed page skips the magazines on this arch (vm/page.py), decided once.
+        self.put_skips_magazines = machine.arch.name in PMR_PUT_SKIPS_MAGAZINES
         self.counters = UvmCounters()
         #: Every pmap by its TLB tag (arm64 even ASID, amd64 pmap id). Tags are never
         #: reused: ASID rollover is not modelled (the ASID space is 2^16 pairs).

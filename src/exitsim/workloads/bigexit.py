@@ -46,7 +46,7 @@ from exitsim.engine.thread import KPath
 from exitsim.kern.exec import Image, Segment, sys_execve
 from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process
-from exitsim.kern.syscall import syscall
+from exitsim.kern.syscall import body_ns, syscall
 from exitsim.machine.machine import DEFAULT_TOTAL_PAGES
 from exitsim.vm.fault import uvm_touch
 from exitsim.workloads.program import (
@@ -141,7 +141,7 @@ class BigExit:
         yield Run(k.costs.syscall_ns)
         while not self.loaded:
             yield from tsleep(self.chan, "piperd")
-        yield Run(k.costs.read_ns)  # a read's body, unlocked (SY_NOLOCK) as syscall() has it
+        yield Run(body_ns(k.costs, "read"))  # a read's body, unlocked (SY_NOLOCK)
         for i in range(self.params.nworkers(k.machine.ncpu)):
             yield from fork1(k, p, f"worker{i}", self.worker)
         # Workers never exit before they are told to: the first child reaped is big.
