@@ -2,7 +2,7 @@
 calls. Pure config in, plain records out (``simulate(config) -> Result``), so any
 pool can map them.
 
-    from exitsim import SimConfig, compare, load_workload, simulate
+    from exitsim import SimConfig, compare, load_workload, simulate, sweep, to_frame
 
 ``simulate`` and ``compare`` take a workload as a generator's name, a workload file's
 path, or what ``load_workload`` returned; everything else as ``SimConfig`` fields.
@@ -17,6 +17,8 @@ from typing import Any
 
 from exitsim.sim import SimConfig
 from exitsim.sim import simulate as _simulate
+from exitsim.sweep.frame import to_frame
+from exitsim.sweep.spec import Sweep, load_sweep
 from exitsim.workloads.spec import load_workload_file, to_config
 
 Result = dict[str, Any]
@@ -86,3 +88,30 @@ def compare(
         for d in designs
     ]
     return list(mapper(_simulate, configs))
+
+
+def sweep(
+    spec: str | Path | Sweep,
+    store: str | Path = ":memory:",
+    *,
+    workers: int = 2,
+    scheduler: str | None = None,
+    dask_local: int = 0,
+) -> list[Result]:
+    """Every run of a sweep spec (a file, or what ``load_sweep`` returned), in the
+    spec's order. With a ``store`` file, runs already there are read back, not run
+    again, and each new one is committed as it finishes (docs/experiments.md).
+    ``scheduler`` (``tcp://HOST:PORT``) or ``dask_local`` (workers of a LocalCluster)
+    run it on dask instead of ``workers`` local processes. A bad spec raises
+    ``ValueError`` with one line naming it."""
+    from exitsim.sweep.runner import executor, run_missing
+    from exitsim.sweep.store import Store, config_key
+
+    sw = spec if isinstance(spec, Sweep) else load_sweep(spec)
+    configs = sw.configs()
+    with Store(store) as st, executor(workers, scheduler, dask_local) as mapper:
+        run_missing(configs, st, mapper)
+        return list(st.results(config_key(c) for c in configs))
+
+
+__all__ = ["Result", "Workload", "compare", "load_workload", "simulate", "sweep", "to_frame"]

@@ -277,6 +277,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="accepted for symmetry; the search itself is exhaustive",
     )
+
+    sw = sub.add_parser(
+        "sweep",
+        help="many runs from a spec into a resumable store; `sweep report STORE` reads one",
+    )
+    sw.add_argument("spec", metavar="SPEC.toml", help="the sweep's spec (docs/experiments.md)")
+    sw.add_argument("report_store", nargs="?", metavar="STORE", help=argparse.SUPPRESS)
+    sw.add_argument(
+        "--store", metavar="FILE", help="the results store (default: the spec's name, .sqlite)"
+    )
+    sw.add_argument("--workers", type=_positive, default=2, help="local processes (default 2)")
+    sw.add_argument(
+        "--scheduler", metavar="tcp://HOST:PORT", help="run on this dask.distributed cluster"
+    )
+    sw.add_argument(
+        "--dask-local",
+        type=_positive,
+        metavar="N",
+        help="run on a dask LocalCluster of N worker processes on this machine",
+    )
+    sw.add_argument("--dry-run", action="store_true", help="count the runs and what is stored")
+    sw.add_argument("--baseline", help="the design ratios are taken to (default: the spec's)")
+    sw.add_argument(
+        "--metric",
+        action="append",
+        metavar="COLUMN",
+        help="a figure to report, by its to_frame column (repeatable)",
+    )
+    sw.add_argument("--csv", metavar="FILE", help="also write a row per run as CSV")
+    sw.add_argument("--parquet", metavar="FILE", help="also write a row per run as Parquet")
+    sw.add_argument("--plot", metavar="FILE", help="also plot ratios per factor, PNG or SVG")
+    sw.add_argument("--json", action="store_true", help="print the report as JSON only")
+    sw.add_argument("-o", "--output", metavar="FILE", help="also write the report as JSON")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     return p
 
 
@@ -611,6 +645,136 @@ def _map_runs(fn: Any, configs: list[Any], workers: int, quiet: bool) -> list[An
                 out.append(res)
                 b.advance()
             return out
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``sweep SPEC``: run what the store lacks, then report; ``sweep report STORE``:
+    report what a store holds."""
+    from exitsim.sweep.spec import SweepSpecError, load_sweep
+    from exitsim.sweep.store import Store, StoreError
+
+    for flag in ("--output", "--csv", "--parquet"):
+        _check_dir(flag, getattr(args, flag[2:]))
+    _check_plot(args.plot)
+    reporting = args.spec == "report"
+    if reporting and args.report_store is None:
+        raise UsageError("sweep report: give the STORE to report on")
+    if not reporting and args.report_store is not None:
+        raise UsageError(f"sweep: unexpected argument {args.report_store!r}")
+    if reporting and (args.scheduler or args.dask_local or args.dry_run or args.store):
+        raise UsageError(
+            "sweep report: --scheduler, --dask-local, --dry-run and --store run a spec"
+        )
+    if args.scheduler and args.dask_local:
+        raise UsageError("sweep: --scheduler or --dask-local, not both")
+    from exitsim.sweep.report import check_metric_names
+
+    try:
+        check_metric_names(args.metric)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        sweep = None if reporting else load_sweep(args.spec)
+        path = (
+            args.report_store
+            if reporting
+            else args.store or str(Path(args.spec).with_suffix(".sqlite"))
+        )
+        if reporting and not Path(path).is_file():
+            raise UsageError(f"{path}: no such store")
+        with Store(path) as store:
+            if sweep is None:
+                results = list(store.results())
+                designs = json.loads(store.meta("designs") or "[]")
+                baseline = args.baseline or store.meta("baseline")
+            else:
+                results = _sweep_run(args, sweep, store)
+                if results is None:
+                    return 0
+                designs, baseline = list(sweep.designs), args.baseline or sweep.baseline
+    except (SweepSpecError, StoreError) as e:
+        raise UsageError(str(e)) from None
+    if not results:
+        raise UsageError(f"{path}: the store holds no results")
+    return _sweep_report(args, results, designs, baseline)
+
+
+def _sweep_run(args: argparse.Namespace, sweep: Any, store: Any) -> list[Any] | None:
+    """Run the spec's missing configs into ``store``; its Results (None for a dry run)."""
+    from exitsim.report.progress import bar, wanted
+    from exitsim.sweep.runner import executor, run_missing
+    from exitsim.sweep.store import config_key
+
+    configs = sweep.configs()
+    keys = [config_key(c) for c in configs]
+    have = store.keys()
+    missing = len(set(keys) - have)
+    say = (
+        (lambda text: None)
+        if args.quiet or args.json
+        else (lambda text: print(text, file=sys.stderr, flush=True))
+    )
+    head = f"sweep {sweep.name}: {len(set(keys))} runs, {len(set(keys)) - missing} in {store.path}"
+    if args.dry_run:
+        print(f"{head}, {missing} to run", flush=True)
+        return None
+    store.set_meta("designs", json.dumps(list(sweep.designs)))
+    store.set_meta("baseline", sweep.baseline)
+    where = args.scheduler or (
+        f"dask LocalCluster of {args.dask_local}"
+        if args.dask_local
+        else f"{args.workers} processes"
+    )
+    say(f"{head}, {missing} to run on {where}")
+    quiet = args.quiet or args.json
+    with (
+        bar("sweep", missing, "runs", wanted(quiet), lines=not quiet) as b,
+        executor(args.workers, args.scheduler, args.dask_local or 0) as mapper,
+    ):
+        tally = run_missing(configs, store, mapper, b.advance)
+    say(f"sweep {sweep.name}: ran {tally.ran}, {len(store)} results in {store.path}")
+    return list(store.results(dict.fromkeys(keys)))
+
+
+def _sweep_report(
+    args: argparse.Namespace, results: list[Any], designs: list[str], baseline: str | None
+) -> int:
+    from exitsim.sweep.frame import to_frame
+    from exitsim.sweep.report import csv_bytes, metric_specs, parquet_bytes, summarize, tables
+
+    frame = to_frame(results)
+    present = list(dict.fromkeys(frame["policy"]))
+    order = [d for d in designs if d in present] + sorted(d for d in present if d not in designs)
+    baseline = baseline if baseline in present else order[0]
+    if args.baseline and args.baseline not in present:
+        raise UsageError(f"--baseline: {args.baseline!r} is not a design of these results")
+    try:
+        metrics = metric_specs(args.metric, list(frame.columns))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    summary = summarize(frame, baseline, metrics, order)
+    text = json.dumps(summary, sort_keys=True, indent=1) + "\n"
+    if args.output:
+        write_atomic(args.output, text)
+    if args.csv:
+        write_atomic(args.csv, csv_bytes(frame))
+    if args.parquet:
+        write_atomic(args.parquet, parquet_bytes(frame))
+    if args.plot:
+        from exitsim.sweep.plot import write_effects_plot
+
+        write_effects_plot(summary, metrics, args.plot)
+    if args.json and args.output != STDOUT:
+        sys.stdout.write(text)
+    if args.json or args.output == STDOUT:
+        return 0
+    console = _console()
+    for t in tables(summary, metrics):
+        console.print(t)
+    for what, path in (("plot", args.plot), ("csv", args.csv), ("parquet", args.parquet)):
+        if path:
+            console.print(f"{what}: {path}", markup=False)
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -967,6 +1131,7 @@ COMMANDS: dict[str, Any] = {
     "report": cmd_report,
     "trace": cmd_trace,
     "record": cmd_record,
+    "sweep": cmd_sweep,
 }
 
 

@@ -65,7 +65,9 @@ def to_frame(results: Iterable[dict[str, Any]]) -> Any:
     seen: dict[str, None] = {}
     for r in rows:
         seen |= dict.fromkeys(r)
-    factors = sorted(c for c in seen if c.startswith(("param.", "cost.")))
+    factors = sorted(c for c in seen if c.startswith("param.")) + sorted(
+        c for c in seen if c.startswith("cost.")
+    )
     figures = [c for c in seen if c not in factors and c not in CONFIG_COLUMNS]
     columns = [*CONFIG_COLUMNS, *factors, *figures]
     return pd.DataFrame.from_records(rows, columns=columns)

@@ -53,6 +53,24 @@ def metric_specs(
     return out
 
 
+#: The first part of every figure's column (docs/result-schema.md), so a misspelt
+#: ``--metric`` is refused before a sweep runs, not after.
+SECTIONS = frozenset(
+    {"makespan_ns", "events", "ops", "cpu", "processes", "machine", "locks", "tlb"}
+    | {"memory", "reaper", "zombies", "threads", "vm"}
+)
+
+
+def check_metric_names(names: Sequence[str] | None) -> None:
+    """ValueError for a ``--metric`` that cannot be a figure's column."""
+    for n in names or ():
+        if n.split(".", 1)[0] not in SECTIONS:
+            raise ValueError(
+                f"--metric: {n!r} is not a figure of a Result (to_frame's columns, "
+                f"e.g. makespan_ns, locks.kernel_lock.wait_ns)"
+            )
+
+
 def factors(frame: Any) -> list[str]:
     """The config columns that take more than one value, in column order; the design
     (``policy``) is never one: it is what is compared."""
