@@ -369,3 +369,70 @@ def test_metric_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     report = json.loads(capsys.readouterr().out)
     assert report["metrics"] == ["tlb.broadcasts"]
     assert_usage_error(["sweep", str(spec), "--metric", "nope"], "--metric: 'nope'", capsys)
+
+
+def test_progress_lines_say_done_total_rate_and_time_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stderr not a terminal: a line per LINE_PERIOD_S (0 here: one per run)."""
+    from exitsim.report import progress
+
+    assert not sys.stderr.isatty()
+    monkeypatch.setattr(progress, "LINE_PERIOD_S", 0.0)
+    spec = _spec(tmp_path)
+    assert main(["sweep", str(spec), "--workers", "1"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"sweep s: 24 runs, 0 in {tmp_path / 's.sqlite'}, 24 to run on this process"
+    lines = [e for e in err if e.startswith("sweep: ")]
+    assert len(lines) == 24
+    assert lines[0].startswith("sweep: 1/24 runs, ") and "runs/min, about " in lines[0]
+    assert lines[-1].startswith("sweep: 24/24 runs, ")
+    assert err[-1] == f"sweep s: ran 24, 24 results in {tmp_path / 's.sqlite'}"
+
+
+def test_a_worker_with_another_model_is_refused_before_its_result_is_stored(
+    tmp_path: Path,
+) -> None:
+    from exitsim.sweep.runner import SweepError, run_one
+
+    configs = load_sweep(_spec(tmp_path)).configs()[:2]
+
+    def stale(cfgs):  # a worker whose exitsim differs from this one
+        for cfg in cfgs:
+            key, text, _ = run_one(cfg)
+            yield key, text, "0123456789abcdef"
+
+    with Store(tmp_path / "st.sqlite") as st:
+        with pytest.raises(SweepError, match="another version of exitsim's model"):
+            run_missing(configs, st, stale)
+        assert len(st) == 0
+
+
+def test_the_key_and_the_store_follow_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A result made by another model is another key, and sweep report leaves it out
+    with a note."""
+    from exitsim.sweep import store as store_mod
+
+    cfg = load_sweep(_spec(tmp_path)).configs()[0]
+    here = config_key(cfg)
+    store_mod.model_digest.cache_clear()
+    real = store_mod.model_digest()
+    try:
+        store_mod.model_digest.cache_clear()
+        orig = store_mod.MODEL_PARTS
+        store_mod.MODEL_PARTS = (*orig, "cli.py")  # as if the model's source changed
+        assert config_key(cfg) != here
+    finally:
+        store_mod.MODEL_PARTS = orig
+        store_mod.model_digest.cache_clear()
+    assert store_mod.model_digest() == real
+    path = tmp_path / "st.sqlite"
+    with Store(path) as st, executor(1) as mapper:
+        run_missing([cfg], st, mapper)
+        st.put("old-key", cfg, result_text(simulate(cfg)), model="0123456789abcdef")
+    assert main(["sweep", "report", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"] == 1
+    assert main(["sweep", "report", str(path)]) == 0
+    assert "1 results in" in capsys.readouterr().err

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from exitsim.sim import SimConfig
-from exitsim.sweep.store import Store, config_key, result_text
+from exitsim.sweep.store import Store, config_key, model_digest, result_text
 
-#: What a worker sends back for one config: its store key and its Result's JSON.
-Done = tuple[str, str]
+#: What a worker sends back for one config: its store key, its Result's JSON, and
+#: the digest of the model that ran it.
+Done = tuple[str, str, str]
 #: Runs configs and yields each one's ``Done`` as it finishes, in any order.
 Mapper = Callable[[Sequence[SimConfig]], Iterator[Done]]
 
@@ -24,7 +25,7 @@ def run_one(cfg: SimConfig) -> Done:
     """One run, as a worker does it."""
     from exitsim.sim import simulate
 
-    return config_key(cfg), result_text(simulate(cfg))
+    return config_key(cfg), result_text(simulate(cfg)), model_digest()
 
 
 def _serial(configs: Sequence[SimConfig]) -> Iterator[Done]:
@@ -99,6 +100,10 @@ def executor(workers: int = 2, scheduler: str | None = None, dask_local: int = 0
     return local_pool(workers)
 
 
+class SweepError(RuntimeError):
+    """A sweep cannot go on: one line saying why."""
+
+
 @dataclass(frozen=True, slots=True)
 class Tally:
     """What a sweep did: runs it asked for, found in the store, ran now."""
@@ -118,15 +123,20 @@ def run_missing(
     as it arrives: killed at any point, the store holds every finished run and a
     restart runs only the rest."""
     have = store.keys()
-    todo: dict[str, SimConfig] = {}
-    for cfg in configs:
-        k = config_key(cfg)
-        if k not in have:
-            todo.setdefault(k, cfg)
-    unique = len({config_key(c) for c in configs})
+    keys = {config_key(c): c for c in configs}
+    todo = {k: cfg for k, cfg in keys.items() if k not in have}
+    unique = len(keys)
     ran = 0
-    for key, text in mapper(list(todo.values())):
-        store.put(key, todo[key], text)
+    here = model_digest()
+    for key, text, model in mapper(list(todo.values())):
+        if model != here:
+            # A worker with another copy of exitsim would store results this one
+            # cannot reproduce: stop before any goes in.
+            raise SweepError(
+                f"a worker runs another version of exitsim's model (digest {model}, "
+                f"here {here}): install the same exitsim on every worker"
+            )
+        store.put(key, todo[key], text, model)
         ran += 1
         if on_done is not None:
             on_done()

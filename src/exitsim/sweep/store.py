@@ -12,6 +12,7 @@ the machine losing power, and costs well under a millisecond (docs/benchmarks.md
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -28,6 +29,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
     key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
     config TEXT NOT NULL,
     result TEXT NOT NULL
 );
@@ -45,11 +47,44 @@ def _file_digest(path: str) -> str:
         raise StoreError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
+#: The parts of exitsim a Result depends on: the model and what builds its Result.
+#: The command line, the reports and the sweep machinery are left out, so changing
+#: a plot does not make a store's results stale.
+MODEL_PARTS: tuple[str, ...] = (
+    "engine",
+    "kern",
+    "machine",
+    "policies",
+    "vm",
+    "workloads",
+    "sim.py",
+    "report/result.py",
+    "report/kprof.py",
+)
+
+
+@functools.cache
+def model_digest() -> str:
+    """A hash of the model's source (``MODEL_PARTS``, cost profiles included): two
+    copies of exitsim with the same digest give the same Result for a config."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for part in MODEL_PARTS:
+        base = root / part
+        files = [base] if base.is_file() else sorted(base.rglob("*"))
+        for f in files:
+            if f.suffix in (".py", ".toml") and f.is_file():
+                h.update(f.relative_to(root).as_posix().encode() + b"\0")
+                h.update(f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def config_key(cfg: SimConfig) -> str:
-    """A hash of everything that decides a run's Result: the config's fields, and
-    the contents (not only the names) of the cost profile and design files it
-    points at, so an edited file is a new run."""
-    doc: dict[str, Any] = {"config": cfg.as_dict()}
+    """A hash of everything that decides a run's Result: the model's source
+    (``model_digest``), the config's fields, and the contents (not only the names)
+    of the cost profile and design files it points at, so an edited file or a
+    changed model is a new run."""
+    doc: dict[str, Any] = {"model": model_digest(), "config": cfg.as_dict()}
     if cfg.profile is not None:
         doc["profile_sha"] = _file_digest(cfg.profile)
     if cfg.policy_file is not None:
@@ -114,25 +149,34 @@ class Store:
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM results").fetchone()[0])
 
-    def put(self, key: str, config: SimConfig, text: str) -> bool:
-        """Commit one Result (its canonical JSON ``text``) under ``key``, in its own
-        transaction; False when the key was already there (the row is kept)."""
+    def put(self, key: str, config: SimConfig, text: str, model: str | None = None) -> bool:
+        """Commit one Result (its canonical JSON ``text``) under ``key``, made by the
+        model of digest ``model`` (default: this one), in its own transaction;
+        False when the key was already there (the row is kept)."""
         cfg = json.dumps(config.as_dict(), sort_keys=True, separators=(",", ":"))
         cur = self._db.execute(
-            "INSERT OR IGNORE INTO results (key, config, result) VALUES (?, ?, ?)",
-            (key, cfg, text),
+            "INSERT OR IGNORE INTO results (key, model, config, result) VALUES (?, ?, ?, ?)",
+            (key, model or model_digest(), cfg, text),
         )
         return cur.rowcount == 1
+
+    def models(self) -> dict[str, int]:
+        """How many results each model digest made."""
+        rows = self._db.execute("SELECT model, count(*) FROM results GROUP BY model ORDER BY model")
+        return {m: int(n) for m, n in rows}
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT result FROM results WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
-    def results(self, keys: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
-        """The Results, in key order (or those of ``keys``, in their order, skipping
-        any not there)."""
+    def results(
+        self, keys: Iterable[str] | None = None, model: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The Results of model ``model`` (default: every one), in key order; or
+        those of ``keys``, in their order, skipping any not there."""
         if keys is None:
-            for (text,) in self._db.execute("SELECT result FROM results ORDER BY key"):
+            query = "SELECT result FROM results WHERE ? IS NULL OR model = ? ORDER BY key"
+            for (text,) in self._db.execute(query, (model, model)):
                 yield json.loads(text)
             return
         for k in keys:
