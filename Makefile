@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/teardown.py --arch arm64
 	$(BIN)/python bench/teardown.py --arch amd64
+	$(BIN)/python bench/sweep.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

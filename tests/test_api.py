@@ -26,7 +26,15 @@ def test_the_example_in_docs_api_md_runs(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_the_top_level_names() -> None:
-    assert set(exitsim.__all__) == {"SimConfig", "Workload", "compare", "load_workload", "simulate"}
+    assert set(exitsim.__all__) == {
+        "SimConfig",
+        "Workload",
+        "compare",
+        "load_workload",
+        "simulate",
+        "sweep",
+        "to_frame",
+    }
 
 
 def test_simulate_is_sim_simulate_with_fields_replaced() -> None:

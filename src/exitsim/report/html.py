@@ -2,7 +2,9 @@
 CSS inline, no scripts, nothing fetched) with what was run, the comparison, the exit
 latency and lock wait distributions, CPU time, locks, TLB work and the config. Every
 time is shown in the unit it reads best in (``format_ns``: 11.3 s, 2.40 ms). The same
-results give the same page."""
+results give the same page. A comparison over several seeds shows each metric's mean
+with its 95% interval and ratios paired by seed (report/seeds.py), and names the seed
+of every run it lists."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
 
-from exitsim.report.compare import METRIC_HELP, METRICS, compare_cells, metric
+from exitsim.report.compare import METRIC_HELP, METRICS, compare_cells, number_text
 from exitsim.report.plots import format_ns, has_wait_buckets, render, wait_hist
 from exitsim.report.result import exit_latencies, percentile
+from exitsim.report.seeds import common_seeds, seed_count, seeds_text
 from exitsim.report.table import (
     Rows,
     cpu_rows,
@@ -108,6 +111,16 @@ _SCALE_NOTE = (
     "Every value axis is linear from 0 unless its values span more than 100 times, "
     "then logarithmic, and its label says so; times of single events (exit latency, "
     "lock waits) are on a logarithmic axis."
+)
+
+#: How the figure draws several seeds (plots.py).
+_SEEDS_NOTE = (
+    "Over several seeds: wall time is the mean, its ratio to the baseline the geometric "
+    "mean of the per-seed ratios (the same seed draws the same workload for every "
+    "design), each with its 95% interval as error bars; lock wait by lock is the mean "
+    "with its 95% interval; sys time, exit latency and lock waits by duration pool "
+    "every seed's processes and waits; memory held is drawn for the first seed, with "
+    "its integral over the seeds in each lane."
 )
 
 #: The panels of each figure, and a note on how they are laid out.
@@ -205,8 +218,24 @@ def _svg(results: dict[str, Any] | list[dict[str, Any]], label: str) -> str:
     return svg.replace("<svg ", f'<svg role="img" aria-label="{_e(label)}" ', 1)
 
 
-def _ids(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    return [(r["config"]["arch"], str(r["config"]["cpus"]), r["config"]["policy"]) for r in results]
+def _ids(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """What tells the runs apart: arch, CPUs and design, and the seed when some
+    config ran with several."""
+    seed = seed_count(results) > 1
+    return [
+        (
+            r["config"]["arch"],
+            str(r["config"]["cpus"]),
+            r["config"]["policy"],
+            *([str(r["config"]["seed"])] if seed else []),
+        )
+        for r in results
+    ]
+
+
+def _id_cols(results: list[dict[str, Any]]) -> list[str]:
+    """The headings of ``_ids``."""
+    return ["arch", "CPUs", "design", *(["seed"] if seed_count(results) > 1 else [])]
 
 
 def _distinct(results: list[dict[str, Any]], key: str) -> list[Any]:
@@ -224,11 +253,9 @@ def _command(results: list[dict[str, Any]], single: bool) -> str | None:
     the config names (``workload_file``) if it does, else the file the page holds
     (``_tree_file``)."""
     cfg = results[0]["config"]
-    same = {
-        (r["config"]["workload"], _value(r["config"].get("workload_params")), r["config"]["seed"])
-        for r in results
-    }
-    if len(same) > 1:
+    same = {(r["config"]["workload"], _value(r["config"].get("workload_params"))) for r in results}
+    seeds = common_seeds(results)
+    if len(same) > 1 or seeds is None:
         return None
     args = ["exitsim"]
     if single:
@@ -254,7 +281,11 @@ def _command(results: list[dict[str, Any]], single: bool) -> str | None:
             args += ["--workload", cfg["workload"]]
         for k, v in sorted((cfg.get("workload_params") or {}).items()):
             args += ["--param", f"{k}={v}"]
-    args += ["--seed", str(cfg["seed"]), "--granularity", cfg["granularity"]]
+    if len(seeds) > 1:
+        args += ["--seeds", seeds_text(seeds)]
+    else:
+        args += ["--seed", str(cfg["seed"])]
+    args += ["--granularity", cfg["granularity"]]
     if cfg.get("profile"):
         args += ["--profile", cfg["profile"]]
     for k, v in sorted((cfg.get("cost_overrides") or {}).items()):
@@ -290,7 +321,11 @@ def _header(results: list[dict[str, Any]], single: bool, source: str) -> tuple[s
     """The page's title, and its header: what was run, how to run it again, and any
     invariant a design breaks by construction."""
     cfg = results[0]["config"]
-    common = f"workload {workload_text(cfg)}, seed {cfg['seed']}, granularity {cfg['granularity']}"
+    seed = f"seed {cfg['seed']}"
+    if seed_count(results) > 1:
+        seeds = sorted({r["config"]["seed"] for r in results})
+        seed = f"{seed_count(results)} seeds ({seeds_text(seeds)})"
+    common = f"workload {workload_text(cfg)}, {seed}, granularity {cfg['granularity']}"
     if len({workload_text(r["config"]) for r in results}) > 1:
         common = "workloads " + _words([workload_text(r["config"]) for r in results])
     if single:
@@ -346,6 +381,8 @@ def _header(results: list[dict[str, Any]], single: bool, source: str) -> tuple[s
 
 def _plots(results: dict[str, Any] | list[dict[str, Any]], single: bool) -> _Section:
     names, note = _FIGURES[single]
+    if isinstance(results, list) and seed_count(results) > 1:
+        note = _SEEDS_NOTE + " " + note
     panels = "".join(f"<dt>{_e(n)}</dt><dd>{_e(_PANELS[n])}</dd>" for n in names)
     return _section(
         "plots",
@@ -365,22 +402,23 @@ def _heading(title: str) -> str:
     return title[:-3] if title in _TIME_METRICS else title
 
 
+def _number(i: int, raw: float) -> str:
+    """Metric ``i``'s value for the page: a time in the unit it reads best in, the
+    others as the terminal shows them."""
+    title = METRICS[i][0]
+    return format_ns(raw) if title in _TIME_METRICS else number_text(i, raw)
+
+
 def _comparison(results: list[dict[str, Any]]) -> _Section:
     baseline = results[0]["config"]["policy"]
     cols = ["design", *(_heading(m[0]) for m in METRICS)]
     tips = {_heading(t): METRIC_HELP[t] for t in METRIC_HELP}
-    # compare_cells groups the runs by (arch, CPUs) in the order first seen, as here.
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for r in results:
-        groups.setdefault((r["config"]["arch"], r["config"]["cpus"]), []).append(r)
     tables = []
-    for cell, rs in zip(compare_cells(results, baseline), groups.values(), strict=True):
+    for cell in compare_cells(results, baseline, _number):
         rows = []
-        for (design, values), r in zip(cell.rows, rs, strict=True):
+        for design, values in cell.rows:
             row: list[str] = [design]
-            for (title, path, _), (v, q) in zip(METRICS, values, strict=True):
-                if title in _TIME_METRICS:
-                    v = format_ns(metric(r, path))
+            for v, q in values:
                 row.append(_Raw(f'{_e(v)}<span class="ratio">({_e(q)})</span>' if q else _e(v)))
             rows.append(row)
         tables.append(_table(cols, rows, caption=cell.title, tips=tips))
@@ -388,6 +426,15 @@ def _comparison(results: list[dict[str, Any]]) -> _Section:
         '<p class="note">Each metric per design; in brackets its ratio to the baseline '
         "design of the same arch and CPU count. Hover over a heading for its meaning.</p>"
     )
+    if seed_count(results) > 1:
+        note = (
+            f'<p class="note">Over {seed_count(results)} seeds: each metric\'s mean, '
+            "± the half-width of its 95% interval (Student's t); in brackets the ratio to "
+            "the baseline design of the same arch and CPU count, taken seed by seed (the "
+            "same seed draws the same workload for both), as the geometric mean of the "
+            "per-seed ratios with its 95% interval. Hover over a heading for its "
+            "meaning.</p>"
+        )
     return _section("comparison", "Comparison", note, *tables)
 
 
@@ -442,12 +489,12 @@ def _distributions(results: list[dict[str, Any]], single: bool) -> _Section:
         "wait4 return, per process waited for. A lock wait's quantile is the power-of-two "
         "bucket it falls in, given as its upper end (or the longest wait, if lower).</p>"
     )
-    ids = [["arch", "CPUs", "design"], _ids(results)]
+    ids = [_id_cols(results), _ids(results)]
     lat = _table(
         [*ids[0], *_LATENCY_COLS],
         [[*i, *_latency_row(r)] for i, r in zip(ids[1], results, strict=True)],
         caption="Exit latency",
-        names=3,
+        names=len(ids[0]),
     )
     if single:
         r = results[0]
@@ -465,7 +512,7 @@ def _distributions(results: list[dict[str, Any]], single: bool) -> _Section:
                 for i, r in zip(ids[1], results, strict=True)
             ],
             caption="Lock waits, all locks",
-            names=3,
+            names=len(ids[0]),
         )
     return _section("distributions", "Distributions", note, lat, waits)
 
@@ -514,14 +561,16 @@ def _cpu_totals(results: list[dict[str, Any]]) -> str:
     body = [
         [*ident, *_cpu_rows(r)[2][-1][1:]] for ident, r in zip(_ids(results), results, strict=True)
     ]
-    return _table(["arch", "CPUs", "design", *cols], body, caption="CPU time, all CPUs", names=3)
+    ids = _id_cols(results)
+    return _table([*ids, *cols], body, caption="CPU time, all CPUs", names=len(ids))
 
 
 def _tlb_totals(results: list[dict[str, Any]]) -> str:
     """A row per run: its arch, CPUs and design, then its TLB work."""
     cols = tlb_rows(results[0])[1]
     body = [[*ident, *tlb_rows(r)[2][0]] for ident, r in zip(_ids(results), results, strict=True)]
-    return _table(["arch", "CPUs", "design", *cols], body, names=3)
+    ids = _id_cols(results)
+    return _table([*ids, *cols], body, names=len(ids))
 
 
 def _lock_waits(results: list[dict[str, Any]]) -> str:
@@ -534,11 +583,12 @@ def _lock_waits(results: list[dict[str, Any]]) -> str:
     ]
     idle = [n for n in names if n not in waited]
     note = f'<p class="note">Never waited for: {_e(", ".join(idle))}.</p>' if idle else ""
+    ids = _id_cols(results)
     table = _table(
-        ["arch", "CPUs", "design", *waited],
+        [*ids, *waited],
         body,
         caption="Lock wait, summed over CPUs",
-        names=3,
+        names=len(ids),
     )
     return table + note
 
@@ -594,6 +644,12 @@ def _value(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
 
 
+def _run_name(ident: Sequence[str]) -> str:
+    """A run as ``arch, N CPUs, design`` (and ``, seed S`` when ``_ids`` gives it)."""
+    a, n, d, *seed = ident
+    return f"{a}, {n} CPUs, {d}" + "".join(f", seed {s}" for s in seed)
+
+
 def report_html(results: dict[str, Any] | list[dict[str, Any]], source: str) -> str:
     """The page for one Result (``run -o``) or a list of them (``compare -o``);
     ``source`` names the file in the page."""
@@ -612,8 +668,8 @@ def report_html(results: dict[str, Any] | list[dict[str, Any]], source: str) -> 
         sections.append(_section("locks", "Locks", _lock_waits(rs)))
         sections.append(_section("tlb", "TLB work", _tlb_totals(rs)))
         runs = "".join(
-            f"<details><summary>{_e(f'{a}, {n} CPUs, {d}')}</summary>{_details(r)}</details>"
-            for (a, n, d), r in zip(_ids(rs), rs, strict=True)
+            f"<details><summary>{_e(_run_name(ident))}</summary>{_details(r)}</details>"
+            for ident, r in zip(_ids(rs), rs, strict=True)
         )
         note = '<p class="note">Per CPU, every lock, TLB work and the counters, per run.</p>'
         sections.append(_section("runs", "Runs in detail", note, runs))

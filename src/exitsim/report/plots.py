@@ -4,7 +4,12 @@ SVG bytes or a file (by its suffix). The same result gives byte-identical output
 One scale rule for every figure: a value axis is linear (from 0) unless its positive
 values span more than ``LOG_SPAN`` times, then logarithmic, and its label says so.
 Distributions of durations (the exit-latency CDF, lock waits by duration) are always
-drawn on a logarithmic time axis."""
+drawn on a logarithmic time axis.
+
+Over several seeds (report/seeds.py) a comparison draws wall time as means and its
+ratio as the geometric mean of the per-seed ratios, with 95% intervals as error bars,
+lock wait by lock as means with error bars, pools every seed's processes and lock
+waits in the distributions, and draws memory held for one seed."""
 
 from __future__ import annotations
 
@@ -26,6 +31,15 @@ from matplotlib.ticker import FixedLocator, LogFormatter, MaxNLocator, NullLocat
 
 from exitsim.report.files import write_atomic
 from exitsim.report.result import add_hist, exit_latencies, percentile
+from exitsim.report.seeds import (
+    Estimate,
+    Runs,
+    group_runs,
+    mean_of,
+    paired_ratio,
+    seed_count,
+    seeds_text,
+)
 from exitsim.report.table import workload_text
 from exitsim.vm.uvm import PAGE_SIZE
 
@@ -54,20 +68,33 @@ _DASHES = ("-", "--", ":", "-.")
 
 
 def _design_line(
-    ax: Any, pts: list[tuple[int, float]], i: int, color: str, design: str, style: str = "-"
+    ax: Any,
+    pts: list[tuple[int, float]],
+    i: int,
+    color: str,
+    design: str,
+    style: str = "-",
+    spans: list[tuple[float, float]] | None = None,
 ) -> None:
-    """One design's points against CPUs, with its own marker (nothing if none)."""
-    if pts:
-        ax.plot(
-            [p[0] for p in pts],
-            [p[1] for p in pts],
-            marker=_MARKERS[i % len(_MARKERS)],
-            fillstyle="none",
-            markersize=8,
-            color=color,
-            linestyle=style,
-            label=design,
-        )
+    """One design's points against CPUs, with its own marker (nothing if none); with
+    ``spans`` (each point's interval, low and high), error bars."""
+    if not pts:
+        return
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    look = {
+        "marker": _MARKERS[i % len(_MARKERS)],
+        "fillstyle": "none",
+        "markersize": 8,
+        "color": color,
+        "linestyle": style,
+        "label": design,
+    }
+    if spans is None:
+        ax.plot(xs, ys, **look)
+        return
+    err = [[y - lo for y, (lo, _) in zip(ys, spans, strict=True)]]
+    err.append([hi - y for y, (_, hi) in zip(ys, spans, strict=True)])
+    ax.errorbar(xs, ys, yerr=err, capsize=4, elinewidth=1, **look)
 
 
 # -- times for people ----------------------------------------------------------------
@@ -452,7 +479,55 @@ def _lane_panel(
     return axes
 
 
+def _makespan(r: dict[str, Any]) -> float:
+    return float(r["makespan_ns"])
+
+
+def _over_seeds(
+    results: list[dict[str, Any]], arch: str, design: str, how: Any
+) -> list[tuple[int, Estimate]]:
+    """(CPUs, ``how(runs)``) per CPU count of ``arch`` where ``design`` ran, over its
+    seeds (``how`` gives None where there is nothing to draw)."""
+    pts = []
+    for g in group_runs(results):
+        if g.config["arch"] == arch and g.design == design:
+            est = how(g)
+            if est is not None:
+                pts.append((int(g.config["cpus"]), est))
+    return sorted(pts, key=lambda p: p[0])
+
+
+def _seed_wall_panel(
+    ax: Axes, results: list[dict[str, Any]], arch: str, colors: dict[str, Any]
+) -> None:
+    """Wall time against CPUs over several seeds: the mean, its 95% interval as bars."""
+    per = {d: _over_seeds(results, arch, d, lambda g: mean_of(g, _makespan)) for d in colors}
+    tops = [e.hi for pts in per.values() for _, e in pts]
+    unit, size = time_unit(max(tops))
+    cpus: set[int] = set()
+    means: list[float] = []
+    for i, (design, pts) in enumerate(per.items()):
+        cpus.update(n for n, _ in pts)
+        means += [e.mean / size for _, e in pts]
+        spans = [(e.lo / size, e.hi / size) for _, e in pts]
+        _design_line(
+            ax, [(n, e.mean / size) for n, e in pts], i, colors[design], design, spans=spans
+        )
+    _cpu_axis(ax, cpus)
+    # The scale rule by the means; the axis reaches the intervals' tops.
+    if _value_axis(ax, "y", means, "wall time", unit):
+        ax.set_ylim(top=max(tops) / size * 1.5)
+    else:
+        ax.set_ylim(0, max(tops) / size * 1.08)
+    ax.set_title(f"{arch}: wall time vs CPUs (mean, 95% interval)")
+    ax.legend(fontsize=8, loc="lower left")
+    _grid_box(ax)
+
+
 def _wall_panel(ax: Axes, results: list[dict[str, Any]], arch: str, colors: dict[str, Any]) -> None:
+    if seed_count(results) > 1:
+        _seed_wall_panel(ax, results, arch, colors)
+        return
     walls = [r["makespan_ns"] for r in results if r["config"]["arch"] == arch]
     unit, size = time_unit(max(walls))
     cpus: set[int] = set()
@@ -496,19 +571,51 @@ def ratios(results: list[dict[str, Any]], arch: str, design: str) -> list[tuple[
     )
 
 
+def seed_ratios(
+    results: list[dict[str, Any]], arch: str, design: str
+) -> list[tuple[int, Estimate]]:
+    """(CPUs, the design's wall time over the baseline's, paired by seed) per CPU
+    count of ``arch`` where both ran with a seed in common: the geometric mean of the
+    per-seed ratios and its 95% interval. The baseline is the first design."""
+    baseline = results[0]["config"]["policy"]
+    bases = {
+        g.config["cpus"]: g
+        for g in group_runs(results)
+        if g.config["arch"] == arch and g.design == baseline
+    }
+
+    def how(g: Runs) -> Estimate | None:
+        base = bases.get(g.config["cpus"])
+        return None if base is None else paired_ratio(g, base, _makespan)
+
+    return _over_seeds(results, arch, design, how)
+
+
 def _ratio_panel(
     ax: Axes, results: list[dict[str, Any]], arch: str, colors: dict[str, Any]
 ) -> None:
     """Each design's wall time over the baseline's, per CPU count: the differences
-    the absolute panel is too coarse to show."""
+    the absolute panel is too coarse to show. Over several seeds, the geometric mean
+    of the per-seed ratios with its 95% interval as bars (``seed_ratios``)."""
     baseline = results[0]["config"]["policy"]
+    multi = seed_count(results) > 1
     cpus: set[int] = set()
     values = [1.0]
     for i, (design, color) in enumerate(colors.items()):
+        style = "--" if design == baseline else "-"
+        if multi:
+            ests = seed_ratios(results, arch, design)
+            spans = [(e.lo, e.hi) for _, e in ests]
+            values += [v for lo, hi in spans for v in (lo, hi)]
+            pts = [(n, e.mean) for n, e in ests]
+            cpus.update(p[0] for p in pts)
+            values += [p[1] for p in pts]
+            _design_line(ax, pts, i, color, design, style, spans)
+            continue
         pts = ratios(results, arch, design)
         cpus.update(p[0] for p in pts)
         values += [p[1] for p in pts]
-        _design_line(ax, pts, i, color, design, "--" if design == baseline else "-")
+        _design_line(ax, pts, i, color, design, style)
     _cpu_axis(ax, cpus)
     what = f"wall time / {baseline}'s"
     if not _value_axis(ax, "y", values, what, "below 1: faster"):
@@ -516,35 +623,45 @@ def _ratio_panel(
         lo, hi = min(values), max(values)
         pad = max((hi - lo) * 0.15, 0.005)
         ax.set_ylim(lo - pad, hi + pad)
-    ax.set_title(f"{arch}: wall time relative to {baseline}")
+    paired = " (by seed, 95% interval)" if multi else ""
+    ax.set_title(f"{arch}: wall time relative to {baseline}{paired}")
     ax.legend(fontsize=8, loc="best")
     _grid_box(ax)
 
 
+def _lock_wait(family: str) -> Any:
+    return lambda r: float(r["locks"].get(family, {}).get("wait_ns", 0))
+
+
 def _lock_bars_panel(
-    ax: Axes, rs: list[dict[str, Any]], families: Sequence[str], colors: dict[str, Any]
+    ax: Axes, gs: list[Runs], families: Sequence[str], colors: dict[str, Any]
 ) -> None:
     """Lock wait per lock family, a bar per design side by side; locks nobody waited
-    for are left out."""
+    for are left out. Over several seeds, the mean with its 95% interval as a bar."""
+    rs = [r for g in gs for r in g.results]
     waited = [f for f in families if any(r["locks"].get(f, {}).get("wait_ns") for r in rs)]
     if not waited:
         _empty(ax, "no lock waits")
         return
-    waits = [[r["locks"].get(f, {}).get("wait_ns", 0) for f in waited] for r in rs]
-    unit, size = time_unit(max(max(w) for w in waits))
-    k = len(rs)
+    ests = [[mean_of(g, _lock_wait(f)) for f in waited] for g in gs]
+    unit, size = time_unit(max(e.hi for row in ests for e in row))
+    k = len(gs)
     width = 0.8 / k
-    for j, (r, w) in enumerate(zip(rs, waits, strict=True)):
-        design = r["config"]["policy"]
+    for j, (g, row) in enumerate(zip(gs, ests, strict=True)):
+        err = None
+        if len(g.by_seed) > 1:
+            err = [[(e.mean - e.lo) / size for e in row], [(e.hi - e.mean) / size for e in row]]
         ax.bar(
             [i - 0.4 + (j + 0.5) * width for i in range(len(waited))],
-            [v / size for v in w],
+            [e.mean / size for e in row],
             width * 0.92,
-            color=colors[design],
-            label=design,
+            color=colors[g.design],
+            label=g.design,
+            yerr=err,
+            capsize=2 if err else 0,
         )
     _categories(ax, waited)
-    values = [v / size for w in waits for v in w]
+    values = [v / size for row in ests for e in row for v in (e.mean, e.hi)]
     _value_axis(ax, "y", values, "lock wait, summed over CPUs", unit)
     _headroom(ax, max(values))
     ax.legend(fontsize=7, loc="upper right")
@@ -585,6 +702,20 @@ def _held_lanes(r: dict[str, Any], label: str, color: Any) -> tuple[str, Any, An
     return label, r["series"]["held_after_exit_pages"], color, note
 
 
+def _held_integral(r: dict[str, Any]) -> float:
+    return float(r["memory"]["held_after_exit_integral_byte_ns"]) / _MIB / 1e9
+
+
+def _seed_held_lanes(g: Runs, color: Any) -> tuple[str, Any, Any, str]:
+    """A design's memory held over several seeds: its first seed's steps, and the
+    integral over the seeds as a mean with its 95% interval."""
+    seed = g.seeds[0]
+    label, samples, _, note = _held_lanes(g.by_seed[seed], f"{g.design}, seed {seed}", color)
+    est = mean_of(g, _held_integral)
+    note += f"; {est.n} seeds: {est.mean:,.2f} ±{est.half:,.2f} MiB*s"
+    return label, samples, color, note
+
+
 # -- figures -----------------------------------------------------------------------
 
 #: The rows of a comparison's figure, top to bottom.
@@ -599,6 +730,7 @@ def compare_figure(results: list[dict[str, Any]]) -> Figure:
     over the whole width; more: a column per arch, a row per panel."""
     designs = list(dict.fromkeys(r["config"]["policy"] for r in results))
     arches = list(dict.fromkeys(r["config"]["arch"] for r in results))
+    nseeds = seed_count(results)
     colors = _design_colors(designs)
     families = _lock_families(results)
     if len(arches) == 1:
@@ -616,8 +748,14 @@ def compare_figure(results: list[dict[str, Any]]) -> Figure:
         ]
     FigureCanvasAgg(fig)
     cfg = results[0]["config"]
+    seeds = f"seed {cfg['seed']}"
+    pooled = mean = ""
+    if nseeds > 1:
+        every = sorted({r["config"]["seed"] for r in results})
+        seeds = f"{nseeds} seeds ({seeds_text(every)}), means with 95% intervals"
+        pooled, mean = f" ({nseeds} seeds pooled)", " (mean, 95% interval)"
     fig.suptitle(
-        f"exitsim compare: workload {workload_text(cfg)}, seed {cfg['seed']}, "
+        f"exitsim compare: workload {workload_text(cfg)}, {seeds}, "
         f"granularity {cfg['granularity']}",
         fontsize=12,
     )
@@ -625,15 +763,22 @@ def compare_figure(results: list[dict[str, Any]]) -> Figure:
         of_arch = [r for r in results if r["config"]["arch"] == arch]
         top = max(r["config"]["cpus"] for r in of_arch)
         rs = [r for r in of_arch if r["config"]["cpus"] == top]
+        gs = group_runs(rs)
         where = f"{arch}, {top} CPUs"
         if kind == "held":
             end = max(r["makespan_ns"] for r in rs)
-            lanes = [
-                _held_lanes(r, r["config"]["policy"], colors[r["config"]["policy"]]) for r in rs
-            ]
-            gids = [f"held-{arch}-{i}" for i in range(len(rs))]
+            if nseeds > 1:
+                lanes = [_seed_held_lanes(g, colors[g.design]) for g in gs]
+                end = max(g.results[0]["makespan_ns"] for g in gs)
+            else:
+                lanes = [
+                    _held_lanes(r, r["config"]["policy"], colors[r["config"]["policy"]]) for r in rs
+                ]
+            gids = [f"held-{arch}-{i}" for i in range(len(lanes))]
             what = "held after exit"
             title = f"{where}: memory held after exit"
+            if nseeds > 1:
+                title += " (one seed drawn)"
             _lane_panel(fig, spec, lanes, PAGE_SIZE / _MIB, end, what, "MiB", title, gids)
             continue
         ax = fig.add_subplot(spec)
@@ -643,26 +788,31 @@ def compare_figure(results: list[dict[str, Any]]) -> Figure:
         elif kind == "ratio":
             _ratio_panel(ax, results, arch, colors)
         elif kind == "sys":
-            groups = [(r["config"]["policy"], [p["sys_ns"] for p in r["per_process"]]) for r in rs]
+            groups = [
+                (g.design, [p["sys_ns"] for r in g.results for p in r["per_process"]]) for g in gs
+            ]
             _distribution(
                 ax, groups, [colors[g[0]] for g in groups], "charged sys time per process"
             )
-            ax.set_title(f"{where}: sys time charged per process")
+            ax.set_title(f"{where}: sys time charged per process{pooled}")
         elif kind == "latency":
             series = [
-                (r["config"]["policy"], exit_latencies(r), colors[r["config"]["policy"]])
-                for r in rs
+                (g.design, [v for r in g.results for v in exit_latencies(r)], colors[g.design])
+                for g in gs
             ]
-            _cdf_panel(ax, series, f"{where}: exit latency (CDF)")
+            _cdf_panel(ax, series, f"{where}: exit latency (CDF){pooled}")
         elif kind == "locks":
-            _lock_bars_panel(ax, rs, families, colors)
-            ax.set_title(f"{where}: lock wait by lock")
+            _lock_bars_panel(ax, gs, families, colors)
+            ax.set_title(f"{where}: lock wait by lock{mean}")
         else:
-            series = [
-                (r["config"]["policy"], wait_hist(r), colors[r["config"]["policy"]]) for r in rs
-            ]
-            title = f"{where}: lock waits by duration (all locks)"
-            _wait_hist_panel(ax, series, title, "waits", rs)
+            hists = []
+            for g in gs:
+                h: list[int] = []
+                for r in g.results:
+                    add_hist(h, wait_hist(r))
+                hists.append((g.design, h, colors[g.design]))
+            title = f"{where}: lock waits by duration (all locks){pooled}"
+            _wait_hist_panel(ax, hists, title, "waits", rs)
     return fig
 
 
