@@ -93,7 +93,9 @@ def test_seed_forms() -> None:
     assert parse_seeds(3) == [0, 1, 2]
     assert parse_seeds("4..6") == [4, 5, 6]
     assert parse_seeds([7, 2]) == [7, 2]
-    for bad in (0, "6..4", "x", [], [1, 1], [-1]):
+    assert parse_seeds("3,5,9") == [3, 5, 9]
+    assert parse_seeds(" 2 ") == [0, 1]
+    for bad in (0, "6..4", "x", [], [1, 1], [-1], "1,", "1,01", "1.5", "", 10_001):
         with pytest.raises(SweepSpecError):
             parse_seeds(bad)
 
@@ -123,7 +125,11 @@ BAD_SPECS = [
     ("format = 1\ndesigns = ['reaper']\n[costs]\ntlbi_ns = 'x-2'\n", "costs.tlbi_ns"),
     ("format = 1\ndesigns = ['reaper']\n[costs]\nquantum_ns = 'x0'\n", "quantum_ns: must be"),
     ("format = 1\ndesigns = ['reaper']\n[costs]\ntlbi_ns = []\n", "costs.tlbi_ns: an empty"),
-    ("format = 1\ndesigns = ['reaper']\nseeds = 2000000\n", "split it"),
+    ("format = 1\ndesigns = ['reaper']\nseeds = 2000000\n", "seeds: at most 10,000 seeds"),
+    (
+        "format = 1\ndesigns = ['reaper']\nseeds = 10000\ncpus = " + str(list(range(1, 201))),
+        "4,000,000 runs, more than 1,000,000: split it",
+    ),
     ("format = 1\ndesigns = ['reaper']\nprofiles = {arm64 = 'none.toml'}\n", "profiles.arm64"),
     ("format = 1\ndesigns = [\n", "not valid TOML"),
 ]

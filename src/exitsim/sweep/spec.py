@@ -111,26 +111,49 @@ class SpecModel(_Strict):
         return v
 
 
+#: The most seeds one list may name: more is a typo, not an experiment.
+MAX_SEEDS = 10_000
+
+_SEEDS_HOW = "give N (seeds 0..N-1), A..B or a list such as 3,5,9"
+
+
 def parse_seeds(value: int | str | list[int], where: str = "seeds") -> list[int]:
-    """``N`` (seeds 0..N-1), ``"A..B"`` (inclusive) or a list, each seed once."""
+    """Seeds as a spec (``seeds``) or the command line (``--seeds``) give them: ``N``
+    (0..N-1), ``"A..B"`` (inclusive), a list, or ``"3,5,9"``; each seed once, at
+    most ``MAX_SEEDS``. SweepSpecError in one line starting with ``where``."""
+
+    def bad(what: str) -> SweepSpecError:
+        return SweepSpecError(f"{where}: {what}")
+
+    if isinstance(value, str):
+        text = value.strip()
+        m = _SEEDS_RANGE.match(text)
+        if text.isdigit():
+            value = int(text)
+        elif m is not None:
+            a, b = int(m[1]), int(m[2])
+            if b < a:
+                raise bad(f"{value!r} is an empty range; {_SEEDS_HOW}")
+            value = list(range(a, b + 1))
+        elif "," in text:
+            items = [x.strip() for x in text.split(",")]
+            if not all(x.isdigit() for x in items):
+                raise bad(f"not a list of whole numbers: {value!r}; {_SEEDS_HOW}")
+            value = [int(x) for x in items]
+        else:
+            raise bad(f"not understood: {value!r}; {_SEEDS_HOW}")
     if isinstance(value, int):
         if value < 1:
-            raise SweepSpecError(f"{where}: a count of seeds must be at least 1 (got {value})")
-        return list(range(value))
-    if isinstance(value, str):
-        m = _SEEDS_RANGE.match(value)
-        if m is None:
-            raise SweepSpecError(f'{where}: give N, "A..B" or a list (got {value!r})')
-        a, b = int(m[1]), int(m[2])
-        if b < a:
-            raise SweepSpecError(f"{where}: {value!r} is an empty range")
-        return list(range(a, b + 1))
+            raise bad(f"a count of seeds must be at least 1 (got {value})")
+        value = list(range(min(value, MAX_SEEDS + 1)))
     if not value:
-        raise SweepSpecError(f"{where}: an empty list")
+        raise bad("an empty list")
+    if len(value) > MAX_SEEDS:
+        raise bad(f"at most {MAX_SEEDS:,} seeds")
     if any(s < 0 for s in value):
-        raise SweepSpecError(f"{where}: seeds are not negative")
+        raise bad("seeds are not negative")
     if len(set(value)) != len(value):
-        raise SweepSpecError(f"{where}: a seed is given twice")
+        raise bad("a seed is given twice")
     return list(value)
 
 
