@@ -118,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-s", "--seed", type=int, default=0, help="random seed (default 0)")
+        # default None: --seeds refuses a --seed given with it (_seeds sets 0 after).
+        sp.add_argument("-s", "--seed", type=int, default=None, help="random seed (default 0)")
+        sp.add_argument(
+            "--seeds",
+            metavar="N|A..B|LIST",
+            help="run every seed: 0..N-1, A..B, or a list 3,5,9; means with 95%% intervals",
+        )
         sp.add_argument(
             "--workload",
             default="build",
@@ -172,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also profile CPU time by kernel function: a table, and folded stacks to FILE",
     )
+    r.add_argument(
+        "--workers",
+        type=_positive,
+        default=2,
+        help="processes running the runs of --seeds (default 2)",
+    )
     common(r)
 
     c = sub.add_parser("compare", help="designs x CPU counts x arches on one workload")
@@ -212,6 +224,52 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--workers", type=_positive, default=1, help="parallel processes")
     cl.add_argument("--json", action="store_true", help="print the table as JSON")
     cl.add_argument("-o", "--output", metavar="FILE", help="write the table as JSON to FILE")
+
+    se = sub.add_parser(
+        "sensitivity", help="which cost parameters can flip each claim (one at a time, LHS)"
+    )
+    se.add_argument("--claim", action="append", metavar="KEY", help="only this claim (repeatable)")
+    se.add_argument("--arches", metavar="LIST", help="only these of each claim's arches")
+    se.add_argument(
+        "--params",
+        default="default",
+        metavar="LIST",
+        help="cost keys to vary: default (the suspects and the assumptions), all, or a,b,c",
+    )
+    se.add_argument("--cpus", type=_cpus, default=32, help="CPUs of the cell (default 32)")
+    se.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1 (default 3)")
+    se.add_argument(
+        "--baseline",
+        default="reaper",
+        metavar="NAME",
+        help="the reading of the reaper for claims against every one (default reaper)",
+    )
+    se.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a workload parameter over the claim's own, e.g. --param jobs=8 (repeatable)",
+    )
+    se.add_argument(
+        "--lhs", type=_nonneg, default=0, metavar="N", help="also N LHS samples (default 0)"
+    )
+    se.add_argument("-s", "--seed", type=_nonneg, default=0, help="the LHS's seed (default 0)")
+    se.add_argument(
+        "--store",
+        default="sensitivity.sqlite",
+        metavar="FILE",
+        help="the runs' store; a restart runs only what it lacks (default sensitivity.sqlite)",
+    )
+    se.add_argument("--workers", type=_positive, default=2, help="local processes (default 2)")
+    se.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="a dask scheduler to run on")
+    se.add_argument(
+        "--dask-local", type=_nonneg, default=0, metavar="N", help="a local dask cluster of N"
+    )
+    se.add_argument("--json", action="store_true", help="print the record as JSON only")
+    se.add_argument("-o", "--output", metavar="FILE", help="write the record as JSON to FILE")
+    se.add_argument("--plot", metavar="FILE", help="a tornado plot, PNG or SVG by the suffix")
+    se.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
     rp = sub.add_parser("report", help="an HTML page of a result file (run -o or compare -o)")
     rp.add_argument("result", metavar="RESULT.json", help="what run -o or compare -o wrote")
@@ -505,19 +563,71 @@ def _write_outputs(args: argparse.Namespace, results: Any) -> bool:
     return bool(args.json) or args.output == STDOUT
 
 
+def _seeds(args: argparse.Namespace) -> list[int] | None:
+    """``--seeds`` as a list of seeds (``parse_seeds``: ``N`` is 0..N-1, ``A..B`` A to
+    B inclusive, ``3,5,9`` those); None without it. Refused in one line when bad or
+    given with ``--seed``. Sets ``args.seed`` to its default, 0, when not given."""
+    from exitsim.sweep.spec import SweepSpecError, parse_seeds
+
+    if args.seeds is not None and args.seed is not None:
+        raise UsageError("--seed and --seeds: give one, not both")
+    if args.seed is None:
+        args.seed = 0
+    if args.seeds is None:
+        return None
+    try:
+        return parse_seeds(args.seeds, "--seeds")
+    except SweepSpecError as e:
+        raise UsageError(str(e)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from exitsim.report.compare import compare_tables
     from exitsim.report.progress import bar, wanted
     from exitsim.report.table import cpu_table, lock_table, tlb_table
     from exitsim.sim import simulate
 
+    seeds = _seeds(args)
     _check_dir("--output", args.output)
     _check_dir("--trace", args.trace)
     _check_dir("--folded", args.folded)
     _check_plot(args.plot)
+    if seeds is not None:
+        for flag, path in (("--trace", args.trace), ("--folded", args.folded)):
+            if path:
+                raise UsageError(f"{flag} follows one run: not with --seeds")
     cfg = _config(args, args.policy, args.arch, args.cpus)
     _validate(cfg)
     quiet = args.quiet or args.json
+    if seeds is not None:
+        from exitsim.report.compare import seed_tables
+        from exitsim.report.seeds import seeds_text
+
+        configs = [replace(cfg, seed=s) for s in seeds]
+        results = _map_runs(simulate, configs, args.workers, quiet, "run")
+        if _write_outputs(args, results):
+            return 0
+        console = _console()
+        _echo(
+            console,
+            {
+                ("seeds" if k == "seed" else k): seeds_text(seeds) if k == "seed" else v
+                for k, v in results[0]["config"].items()
+            },
+        )
+        for t in seed_tables(results):
+            console.print(t)
+        kv: dict[str, int] = {}
+        for r in results:
+            for inv, n in (r["known_violations"] or {}).items():
+                kv[inv] = kv.get(inv, 0) + n
+        if kv:
+            console.print(
+                f"known violations of this design (counted, not stopped), over the seeds: {kv}",
+                markup=False,
+            )
+        _print_tail(console, args, results)
+        return 0
     with bar("simulating", None, "", wanted(quiet), lines=not quiet) as b:
 
         def progress(now_ns: int, exited: int) -> None:
@@ -551,9 +661,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from exitsim.report.compare import compare_tables
     from exitsim.sim import simulate
 
+    seeds = _seeds(args)
     _check_dir("--output", args.output)
     _check_dir("--folded", args.folded)
     _check_plot(args.plot)
+    if seeds is not None and args.folded:
+        raise UsageError("--folded profiles one seed's runs: not with --seeds")
     policies = _names("--policies", args.policies)
     arches = _names("--arches", args.arches)
     for a in arches:
@@ -564,15 +677,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     designs = [(pol, None) for pol in policies]
     if args.policy_file:
         designs.append(("file", args.policy_file))
+    # In exitsim.api.compare's order: arch, CPUs, seed, design.
+    seed_list = [args.seed] if seeds is None else seeds
     configs = [
-        replace(_config(args, pol, arch, n), policy_file=pfile)
+        replace(_config(args, pol, arch, n), policy_file=pfile, seed=seed)
         for arch in arches
         for n in cpus
+        for seed in seed_list
         for pol, pfile in designs
     ]
     # Every design once, on every arch (a cost profile is for one arch).
     for cfg in configs:
-        if cfg.cpus == cpus[0]:
+        if cfg.cpus == cpus[0] and cfg.seed == seed_list[0]:
             _validate(cfg)
     from functools import partial
 
@@ -580,9 +696,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     results = _map_runs(run, configs, args.workers, quiet=args.json or args.quiet)
     if _write_outputs(args, results):
         return 0
+    from exitsim.report.seeds import seeds_text
     from exitsim.report.verdict import verdict_lines
 
     console = _console()
+    seed_item = {"seed": args.seed} if seeds is None else {"seeds": seeds_text(seeds)}
     _echo(
         console,
         {
@@ -591,7 +709,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "cpus": ",".join(map(str, cpus)),
             "workload": args.workload,
             "params": _params(args.param) if _workload(args)[0] != "tree" else {},
-            "seed": args.seed,
+            **seed_item,
             "granularity": args.granularity,
             "profile": args.profile,
             "cost_overrides": _cost_overrides(args.cost),
@@ -624,12 +742,14 @@ def _print_tail(console: Any, args: argparse.Namespace, results: list[Any]) -> N
             console.print(f"{what}: {path}{hint}", markup=False)
 
 
-def _map_runs(fn: Any, configs: list[Any], workers: int, quiet: bool) -> list[Any]:
+def _map_runs(
+    fn: Any, configs: list[Any], workers: int, quiet: bool, what: str = "compare"
+) -> list[Any]:
     """``map(fn, configs)`` over a process pool, results in input order; a progress
-    bar on stderr when it is a terminal and not ``quiet``."""
+    bar on stderr, named ``what``, when it is a terminal and not ``quiet``."""
     from exitsim.report.progress import bar, wanted
 
-    with bar("compare", len(configs), "runs", wanted(quiet), lines=not quiet) as b:
+    with bar(what, len(configs), "runs", wanted(quiet), lines=not quiet) as b:
         if workers <= 1 or len(configs) == 1:
             out = []
             for cfg in configs:
@@ -650,6 +770,7 @@ def _map_runs(fn: Any, configs: list[Any], workers: int, quiet: bool) -> list[An
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``sweep SPEC``: run what the store lacks, then report; ``sweep report STORE``:
     report what a store holds."""
+    from exitsim.sweep.runner import SweepError
     from exitsim.sweep.spec import SweepSpecError, load_sweep
     from exitsim.sweep.store import Store, StoreError
 
@@ -684,7 +805,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise UsageError(f"{path}: no such store")
         with Store(path) as store:
             if sweep is None:
-                results = list(store.results())
+                results = _current_results(args, store)
                 designs = json.loads(store.meta("designs") or "[]")
                 baseline = args.baseline or store.meta("baseline")
             else:
@@ -692,11 +813,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 if results is None:
                     return 0
                 designs, baseline = list(sweep.designs), args.baseline or sweep.baseline
-    except (SweepSpecError, StoreError) as e:
+    except (SweepSpecError, StoreError, SweepError) as e:
         raise UsageError(str(e)) from None
     if not results:
         raise UsageError(f"{path}: the store holds no results")
     return _sweep_report(args, results, designs, baseline)
+
+
+def _current_results(args: argparse.Namespace, store: Any) -> list[Any]:
+    """A store's results made by this model; a note on stderr of any made by
+    another (an older exitsim), which are left out: they may not be reproducible."""
+    from exitsim.sweep.store import model_digest
+
+    here = model_digest()
+    other = sum(n for m, n in store.models().items() if m != here)
+    if other and not (args.quiet or args.json):
+        print(
+            f"sweep report: {other} results in {store.path} are from another version of "
+            "the model and left out",
+            file=sys.stderr,
+        )
+    return list(store.results(model=here))
 
 
 def _sweep_run(args: argparse.Namespace, sweep: Any, store: Any) -> list[Any] | None:
@@ -721,9 +858,11 @@ def _sweep_run(args: argparse.Namespace, sweep: Any, store: Any) -> list[Any] | 
     store.set_meta("designs", json.dumps(list(sweep.designs)))
     store.set_meta("baseline", sweep.baseline)
     where = args.scheduler or (
-        f"dask LocalCluster of {args.dask_local}"
+        f"a dask LocalCluster of {args.dask_local} workers"
         if args.dask_local
-        else f"{args.workers} processes"
+        else "this process"
+        if args.workers == 1
+        else f"{args.workers} local processes"
     )
     say(f"{head}, {missing} to run on {where}")
     quiet = args.quiet or args.json
@@ -858,6 +997,114 @@ def cmd_claims(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         sys.stdout.write(cl.markdown(cells, chosen) + "\n")
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from exitsim.report import claims as cl
+    from exitsim.report.progress import bar, wanted
+    from exitsim.sweep import sensitivity as sn
+    from exitsim.sweep.runner import SweepError, executor, run_missing
+    from exitsim.sweep.store import Store, StoreError, config_key
+    from exitsim.workloads.registry import WorkloadError, check_params
+
+    _check_dir("--output", args.output)
+    _check_plot(args.plot)
+    known = {c.key: c for c in cl.CLAIMS}
+    for key in args.claim or ():
+        if key not in known:
+            raise UsageError(f"--claim: unknown claim {key!r} (known: {', '.join(known)})")
+    chosen = tuple(known[k] for k in dict.fromkeys(args.claim)) if args.claim else cl.CLAIMS
+    arches = None
+    if args.arches is not None:
+        arches = _names("--arches", args.arches)
+        for a in arches:
+            if a not in ARCHES:
+                raise UsageError(f"--arches: unknown arch {a!r} (known: {', '.join(ARCHES)})")
+    if args.baseline not in cl.BASELINES:
+        raise UsageError(f"--baseline: one of {', '.join(cl.BASELINES)} (got {args.baseline!r})")
+    if args.scheduler is not None and args.dask_local:
+        raise UsageError("--scheduler and --dask-local: give one, not both")
+    if args.scheduler is not None and "://" not in args.scheduler:
+        raise UsageError(f"--scheduler: give tcp://HOST:PORT (got {args.scheduler!r})")
+    workload = _params(args.param)
+    try:
+        for c in chosen:
+            check_params("build", c.workload | workload)
+        params = sn.parse_params(args.params)
+        plan = sn.make_plan(
+            chosen,
+            arches,
+            params,
+            cpus=args.cpus,
+            seeds=args.seeds,
+            baseline=args.baseline,
+            workload=workload,
+            lhs=args.lhs,
+            lhs_seed=args.seed,
+        )
+    except (ValueError, WorkloadError) as e:
+        raise UsageError(str(e)) from None
+    try:
+        store = Store(args.store)
+    except StoreError as e:
+        raise UsageError(str(e)) from None
+    show = wanted(args.quiet)
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            print(f"sensitivity: {text}", file=sys.stderr, flush=True)
+
+    try:
+        with store:
+            nkeys = sum(len(r) for r in plan.ranges.values())
+            todo = sn.profile_todo(plan, store)
+            say(
+                f"{len(plan.targets)} claim cells at {plan.cpus} CPUs, {len(plan.seeds)} seeds; "
+                f"{nkeys} parameters over {len(plan.arches())} arches; at most "
+                f"{sn.run_count(plan):,} runs in {args.store}; {len(todo)} profile runs to "
+                "run first"
+            )
+            with (
+                bar("profile runs", len(todo), "runs", show, lines=not args.quiet) as b,
+                executor(args.workers, args.scheduler, args.dask_local, task=sn.probe) as probes,
+            ):
+                charged = sn.charged_keys(plan, store, probes, b.advance)
+            idle = sum(1 for a in plan.arches() for r in plan.ranges[a] if r.key not in charged[a])
+            configs = sn.oat_configs(plan, charged) + sn.lhs_configs(plan)
+            have = store.keys()
+            missing = len({k for k in map(config_key, configs) if k not in have})
+            say(
+                f"{idle} of {nkeys} parameters not charged at the profile (not run); "
+                f"{sn.run_count(plan, charged):,} runs, {missing:,} to run"
+            )
+            if missing:
+                with (
+                    executor(args.workers, args.scheduler, args.dask_local) as mapper,
+                    bar("sensitivity", missing, "runs", show, lines=not args.quiet) as b,
+                ):
+                    run_missing(configs, store, mapper, b.advance)
+            figs = sn.load_figures(plan, store, sn.profile_configs(plan) + configs)
+    except SweepError as e:
+        raise UsageError(str(e)) from None
+    results = sn.evaluate(plan, figs, charged)
+    rec = sn.record(plan, results, charged, params, sn.run_count(plan, charged))
+    text = json.dumps(rec, indent=1) + "\n"
+    if args.output:
+        write_atomic(args.output, text)
+    if args.plot:
+        from exitsim.report.tornado import write_tornado
+
+        write_tornado(rec, args.plot)
+    if args.json or args.output == STDOUT:
+        if args.output != STDOUT:
+            sys.stdout.write(text)
+        return 0
+    console = _console()
+    for t in sn.tables(rec):
+        console.print(t)
+    if args.plot:
+        console.print(f"plot: {args.plot}", markup=False)
     return 0
 
 
@@ -1126,6 +1373,7 @@ COMMANDS: dict[str, Any] = {
     "compare": cmd_compare,
     "list": cmd_list,
     "claims": cmd_claims,
+    "sensitivity": cmd_sensitivity,
     "costs": cmd_costs,
     "check": cmd_check,
     "report": cmd_report,

@@ -10,7 +10,7 @@ from typing import Any
 from exitsim.engine.errors import SimError
 from exitsim.kern.kernel import Kernel
 from exitsim.machine.arch import ARCHES
-from exitsim.machine.costs import costs_record, resolve_profile, with_overrides
+from exitsim.machine.costs import costs_record, recording, resolve_profile, with_overrides
 from exitsim.machine.machine import DEFAULT_TOTAL_PAGES, Machine
 from exitsim.policies.base import Policy
 from exitsim.policies.registry import get_policy, load_policy_file
@@ -55,14 +55,17 @@ def make_policy(cfg: SimConfig) -> Policy:
     return get_policy(cfg.policy)
 
 
-def build_kernel(cfg: SimConfig, **kernel_kw: Any) -> Kernel:
-    """The machine and kernel a config describes, with its workload started."""
+def build_kernel(cfg: SimConfig, costs_read: set[str] | None = None, **kernel_kw: Any) -> Kernel:
+    """The machine and kernel a config describes, with its workload started; with
+    ``costs_read``, every cost key the run reads is added to it."""
     if cfg.cpus < 1:
         raise ValueError(f"cpus must be at least 1 (got {cfg.cpus})")
     if cfg.arch not in ARCHES:
         raise ValueError(f"unknown arch {cfg.arch!r} (known: {', '.join(sorted(ARCHES))})")
     base = resolve_profile(cfg.arch, cfg.profile)
     costs = with_overrides(base, cfg.cost_overrides) if cfg.cost_overrides else base
+    if costs_read is not None:
+        costs = recording(costs, costs_read)
     machine = Machine(cfg.arch, cfg.cpus, cfg.granularity, costs)
     k = Kernel(machine, make_policy(cfg), total_pages=cfg.total_pages, debug=cfg.debug, **kernel_kw)
     k.config = cfg
@@ -81,14 +84,19 @@ PROGRESS_EVENTS = 5_000
 
 
 def simulate(
-    cfg: SimConfig, progress: Progress | None = None, kprof: bool = False
+    cfg: SimConfig,
+    progress: Progress | None = None,
+    kprof: bool = False,
+    costs_read: set[str] | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg`` to the end and return its Result (a JSON-ready dict).
 
     ``kprof``: also profile the CPU time by kernel function into the Result's
     ``kprof`` (report/kprof.py, docs/result-schema.md). Off, nothing watches the run
-    and the Result has no such key; on, the rest of the Result is the same."""
-    k = build_kernel(cfg)
+    and the Result has no such key; on, the rest of the Result is the same.
+    ``costs_read``: a set that gets the name of every cost key the run reads (the
+    Result is the same)."""
+    k = build_kernel(cfg, costs_read)
     prof = _profiler(k, kprof)
     return _profiled(_run(k, progress), prof)
 

@@ -341,3 +341,20 @@ def costs_record(base: CostProfile, overrides: Mapping[str, int]) -> dict[str, A
 def assumption_count(profile: CostProfile) -> int:
     """How many of a profile's values its sources mark as assumptions."""
     return sum(source_kind(src) == "assumption" for src in profile.sources.values())
+
+
+class _Recording(Costs):
+    """Costs that add the name of every key read to ``_seen``."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in COST_KEYS:
+            object.__getattribute__(self, "_seen").add(name)
+        return super().__getattribute__(name)
+
+
+def recording(profile: CostProfile, seen: set[str]) -> CostProfile:
+    """``profile`` with costs that note in ``seen`` every key the model reads: a key
+    a run never reads cannot change its Result (``exitsim sensitivity`` skips it)."""
+    rec = _Recording(**{k: getattr(profile.costs, k) for k in COST_KEYS})
+    object.__setattr__(rec, "_seen", seen)
+    return replace(profile, costs=rec)

@@ -28,31 +28,36 @@ def run_one(cfg: SimConfig) -> Done:
     return config_key(cfg), result_text(simulate(cfg)), model_digest()
 
 
-def _serial(configs: Sequence[SimConfig]) -> Iterator[Done]:
-    for cfg in configs:
-        yield run_one(cfg)
+#: What a worker does with one config; ``run_one`` unless told otherwise.
+Task = Callable[[SimConfig], Any]
 
 
 @contextmanager
-def local_pool(workers: int) -> Iterator[Mapper]:
+def local_pool(workers: int, task: Task = run_one) -> Iterator[Mapper]:
     """``workers`` processes on this machine (spawned, so each imports exitsim
     afresh, as a cluster's workers do); one worker runs in this process."""
     if workers <= 1:
-        yield _serial
+
+        def serial(configs: Sequence[SimConfig]) -> Iterator[Any]:
+            return map(task, configs)
+
+        yield serial
         return
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers) as pool:
 
-        def mapper(configs: Sequence[SimConfig]) -> Iterator[Done]:
-            yield from pool.imap_unordered(run_one, configs)
+        def mapper(configs: Sequence[SimConfig]) -> Iterator[Any]:
+            yield from pool.imap_unordered(task, configs)
 
         yield mapper
 
 
 @contextmanager
-def dask_cluster(scheduler: str | None = None, local_workers: int = 0) -> Iterator[Mapper]:
+def dask_cluster(
+    scheduler: str | None = None, local_workers: int = 0, task: Task = run_one
+) -> Iterator[Mapper]:
     """A dask.distributed cluster: the scheduler at ``scheduler``
     (``tcp://HOST:PORT``), or a LocalCluster of ``local_workers`` worker processes
     on loopback, one thread each. A future's result is fetched from its worker once
@@ -72,11 +77,12 @@ def dask_cluster(scheduler: str | None = None, local_workers: int = 0) -> Iterat
         client = Client(cluster if cluster is not None else scheduler)
         try:
 
-            def mapper(configs: Sequence[SimConfig]) -> Iterator[Done]:
+            def mapper(configs: Sequence[SimConfig]) -> Iterator[Any]:
                 # The key names the task after its config: the same config sent
                 # twice is one task, never two runs.
+                name = getattr(task, "__name__", "task")
                 futures = [
-                    client.submit(run_one, cfg, key=f"exitsim-{config_key(cfg)}", pure=False)
+                    client.submit(task, cfg, key=f"exitsim-{name}-{config_key(cfg)}", pure=False)
                     for cfg in configs
                 ]
                 for fut in as_completed(futures):
@@ -92,12 +98,14 @@ def dask_cluster(scheduler: str | None = None, local_workers: int = 0) -> Iterat
             cluster.close()
 
 
-def executor(workers: int = 2, scheduler: str | None = None, dask_local: int = 0) -> Any:
+def executor(
+    workers: int = 2, scheduler: str | None = None, dask_local: int = 0, task: Task = run_one
+) -> Any:
     """The pool a sweep runs on: dask when a scheduler or a local dask cluster is
-    asked for, else ``workers`` local processes."""
+    asked for, else ``workers`` local processes; each config goes through ``task``."""
     if scheduler is not None or dask_local:
-        return dask_cluster(scheduler, dask_local)
-    return local_pool(workers)
+        return dask_cluster(scheduler, dask_local, task)
+    return local_pool(workers, task)
 
 
 class SweepError(RuntimeError):
