@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from exitsim.sweep.spec import load_sweep
-from exitsim.sweep.store import Store, config_key, result_text
+from exitsim.experiment.spec import load_sweep
+from exitsim.experiment.store import Store, config_key, result_text
 
 # The default comparison as a spec: what `make run` runs.
 SPEC = """

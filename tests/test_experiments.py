@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from exitsim.sweep.frame import to_frame
-from exitsim.sweep.report import metric_specs, summarize
+from exitsim.experiment.frame import to_frame
+from exitsim.experiment.report import metric_specs, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "experiments.md"

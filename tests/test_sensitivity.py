@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from exitsim.cli import main
+from exitsim.experiment import sensitivity as sn
+from exitsim.experiment.store import Store, config_key, result_text
 from exitsim.machine.costs import COST_KEYS, builtin_profile, source_kind
 from exitsim.report import claims as cl
 from exitsim.sim import simulate
-from exitsim.sweep import sensitivity as sn
-from exitsim.sweep.store import Store, config_key, result_text
 from tests.clikit import assert_usage_error
 
 CLAIM = {c.key: c for c in cl.CLAIMS}

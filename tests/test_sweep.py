@@ -19,13 +19,13 @@ import pandas as pd
 import pytest
 
 from exitsim.cli import main
+from exitsim.experiment.frame import to_frame
+from exitsim.experiment.runner import executor, run_missing
+from exitsim.experiment.spec import SweepSpecError, load_sweep, parse_seeds
+from exitsim.experiment.store import Store, StoreError, config_key, result_text
 from exitsim.machine.costs import COST_KEYS, builtin_profile
 from exitsim.report.claims import interval, ratio_interval
 from exitsim.sim import SimConfig, simulate
-from exitsim.sweep.frame import to_frame
-from exitsim.sweep.runner import executor, run_missing
-from exitsim.sweep.spec import SweepSpecError, load_sweep, parse_seeds
-from exitsim.sweep.store import Store, StoreError, config_key, result_text
 from tests.clikit import assert_usage_error
 
 SMALL = """
@@ -399,7 +399,7 @@ def test_progress_lines_say_done_total_rate_and_time_left(
 def test_a_worker_with_another_model_is_refused_before_its_result_is_stored(
     tmp_path: Path,
 ) -> None:
-    from exitsim.sweep.runner import SweepError, run_one
+    from exitsim.experiment.runner import SweepError, run_one
 
     configs = load_sweep(_spec(tmp_path)).configs()[:2]
 
@@ -419,7 +419,7 @@ def test_the_key_and_the_store_follow_the_model(
 ) -> None:
     """A result made by another model is another key, and sweep report leaves it out
     with a note."""
-    from exitsim.sweep import store as store_mod
+    from exitsim.experiment import store as store_mod
 
     cfg = load_sweep(_spec(tmp_path)).configs()[0]
     here = config_key(cfg)

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from exitsim.experiment.frame import to_frame
+from exitsim.experiment.spec import Sweep, load_sweep
 from exitsim.sim import SimConfig
 from exitsim.sim import simulate as _simulate
-from exitsim.sweep.frame import to_frame
-from exitsim.sweep.spec import Sweep, load_sweep
 from exitsim.workloads.spec import load_workload_file, to_config
 
 Result = dict[str, Any]
@@ -104,8 +104,8 @@ def sweep(
     ``scheduler`` (``tcp://HOST:PORT``) or ``dask_local`` (workers of a LocalCluster)
     run it on dask instead of ``workers`` local processes. A bad spec raises
     ``ValueError`` with one line naming it."""
-    from exitsim.sweep.runner import executor, run_missing
-    from exitsim.sweep.store import Store, config_key
+    from exitsim.experiment.runner import executor, run_missing
+    from exitsim.experiment.store import Store, config_key
 
     sw = spec if isinstance(spec, Sweep) else load_sweep(spec)
     configs = sw.configs()

@@ -567,7 +567,7 @@ def _seeds(args: argparse.Namespace) -> list[int] | None:
     """``--seeds`` as a list of seeds (``parse_seeds``: ``N`` is 0..N-1, ``A..B`` A to
     B inclusive, ``3,5,9`` those); None without it. Refused in one line when bad or
     given with ``--seed``. Sets ``args.seed`` to its default, 0, when not given."""
-    from exitsim.sweep.spec import SweepSpecError, parse_seeds
+    from exitsim.experiment.spec import SweepSpecError, parse_seeds
 
     if args.seeds is not None and args.seed is not None:
         raise UsageError("--seed and --seeds: give one, not both")
@@ -770,9 +770,9 @@ def _map_runs(
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``sweep SPEC``: run what the store lacks, then report; ``sweep report STORE``:
     report what a store holds."""
-    from exitsim.sweep.runner import SweepError
-    from exitsim.sweep.spec import SweepSpecError, load_sweep
-    from exitsim.sweep.store import Store, StoreError
+    from exitsim.experiment.runner import SweepError
+    from exitsim.experiment.spec import SweepSpecError, load_sweep
+    from exitsim.experiment.store import Store, StoreError
 
     for flag in ("--output", "--csv", "--parquet"):
         _check_dir(flag, getattr(args, flag[2:]))
@@ -788,7 +788,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     if args.scheduler and args.dask_local:
         raise UsageError("sweep: --scheduler or --dask-local, not both")
-    from exitsim.sweep.report import check_metric_names
+    from exitsim.experiment.report import check_metric_names
 
     try:
         check_metric_names(args.metric)
@@ -823,7 +823,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _current_results(args: argparse.Namespace, store: Any) -> list[Any]:
     """A store's results made by this model; a note on stderr of any made by
     another (an older exitsim), which are left out: they may not be reproducible."""
-    from exitsim.sweep.store import model_digest
+    from exitsim.experiment.store import model_digest
 
     here = model_digest()
     other = sum(n for m, n in store.models().items() if m != here)
@@ -838,9 +838,9 @@ def _current_results(args: argparse.Namespace, store: Any) -> list[Any]:
 
 def _sweep_run(args: argparse.Namespace, sweep: Any, store: Any) -> list[Any] | None:
     """Run the spec's missing configs into ``store``; its Results (None for a dry run)."""
+    from exitsim.experiment.runner import executor, run_missing
+    from exitsim.experiment.store import config_key
     from exitsim.report.progress import bar, wanted
-    from exitsim.sweep.runner import executor, run_missing
-    from exitsim.sweep.store import config_key
 
     configs = sweep.configs()
     keys = [config_key(c) for c in configs]
@@ -878,8 +878,8 @@ def _sweep_run(args: argparse.Namespace, sweep: Any, store: Any) -> list[Any] | 
 def _sweep_report(
     args: argparse.Namespace, results: list[Any], designs: list[str], baseline: str | None
 ) -> int:
-    from exitsim.sweep.frame import to_frame
-    from exitsim.sweep.report import csv_bytes, metric_specs, parquet_bytes, summarize, tables
+    from exitsim.experiment.frame import to_frame
+    from exitsim.experiment.report import csv_bytes, metric_specs, parquet_bytes, summarize, tables
 
     frame = to_frame(results)
     present = list(dict.fromkeys(frame["policy"]))
@@ -900,7 +900,7 @@ def _sweep_report(
     if args.parquet:
         write_atomic(args.parquet, parquet_bytes(frame))
     if args.plot:
-        from exitsim.sweep.plot import write_effects_plot
+        from exitsim.experiment.plot import write_effects_plot
 
         write_effects_plot(summary, metrics, args.plot)
     if args.json and args.output != STDOUT:
@@ -1001,11 +1001,11 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from exitsim.experiment import sensitivity as sn
+    from exitsim.experiment.runner import SweepError, executor, run_missing
+    from exitsim.experiment.store import Store, StoreError, config_key
     from exitsim.report import claims as cl
     from exitsim.report.progress import bar, wanted
-    from exitsim.sweep import sensitivity as sn
-    from exitsim.sweep.runner import SweepError, executor, run_missing
-    from exitsim.sweep.store import Store, StoreError, config_key
     from exitsim.workloads.registry import WorkloadError, check_params
 
     _check_dir("--output", args.output)

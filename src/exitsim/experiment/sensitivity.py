@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from exitsim.experiment.store import Store, config_key, model_digest, result_text
 from exitsim.machine.costs import COST_KEYS, CostProfile, builtin_profile, source_kind
 from exitsim.report.claims import (
     BASELINES,
@@ -39,7 +40,6 @@ from exitsim.report.claims import (
     verdict,
 )
 from exitsim.sim import SimConfig
-from exitsim.sweep.store import Store, config_key, model_digest, result_text
 
 #: The range of a key, as factors of its profile value, by what backs the value: an
 #: assumption is off by a factor of 4 either way before anyone would notice, a number
@@ -325,7 +325,7 @@ def lhs_configs(plan: Plan) -> list[SimConfig]:
 
 def probe(cfg: SimConfig) -> tuple[str, str, tuple[str, ...], str]:
     """Run ``cfg`` as ``simulate`` does, noting which cost keys the run reads:
-    (store key, Result text, keys read, model digest), as ``sweep.runner.run_one``
+    (store key, Result text, keys read, model digest), as ``experiment.runner.run_one``
     gives with the keys. A key never read cannot change the run."""
     from exitsim.sim import simulate
 
@@ -747,10 +747,10 @@ def charged_keys(
 ) -> dict[str, frozenset[str]]:
     """By arch, the cost keys some profile run reads. Profile runs the store lacks
     (or lacks the read keys of) are probed (``mapper``: an executor of
-    ``sweep.runner`` with ``task=probe``) and stored with what they read, so a
+    ``experiment.runner`` with ``task=probe``) and stored with what they read, so a
     restart probes nothing again. SweepError when a worker's model is not this one
-    (as ``sweep.runner.run_missing``)."""
-    from exitsim.sweep.runner import SweepError
+    (as ``experiment.runner.run_missing``)."""
+    from exitsim.experiment.runner import SweepError
 
     todo = profile_todo(plan, store)
     by_key = {config_key(c): c for c in todo}

@@ -16,8 +16,8 @@ from typing import Any
 
 from rich.table import Table
 
+from exitsim.experiment.frame import CONFIG_COLUMNS
 from exitsim.report.claims import interval, ratio, ratio_interval
-from exitsim.sweep.frame import CONFIG_COLUMNS
 
 #: The figures a report shows unless asked for others (``--metric``): column, title,
 #: unit divisor.

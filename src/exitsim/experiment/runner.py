@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from exitsim.experiment.store import Store, config_key, model_digest, result_text
 from exitsim.sim import SimConfig
-from exitsim.sweep.store import Store, config_key, model_digest, result_text
 
 #: What a worker sends back for one config: its store key, its Result's JSON, and
 #: the digest of the model that ran it.
