@@ -20,7 +20,7 @@ from rich.console import Console
 from exitsim import api
 from exitsim.cli import main
 from exitsim.report.claims import interval, ratio, ratio_interval
-from exitsim.report.compare import METRICS, _fmt, compare_tables, metric
+from exitsim.report.compare import METRICS, compare_tables, fmt_value, metric
 from exitsim.report.plots import seed_ratios
 from exitsim.report.seeds import common_seeds, group_runs, seed_count, seeds_text
 from tests.clikit import assert_usage_error
@@ -136,10 +136,10 @@ def test_run_seeds_writes_a_result_per_seed_and_a_table_of_means(tmp_path: Path)
     cells = [c.strip() for c in row.split("│") if c.strip()]
     assert cells == [
         "wall ms",
-        _fmt(mean),
-        f"{_fmt(lo)} .. {_fmt(hi)}",
-        _fmt(min(walls)),
-        _fmt(max(walls)),
+        fmt_value(mean),
+        f"{fmt_value(lo)} .. {fmt_value(hi)}",
+        fmt_value(min(walls)),
+        fmt_value(max(walls)),
     ]
     assert _main([*RUN, "--seeds", "3", "-q", "-o", str(tmp_path / "again.json")])[0] == 0
     assert (tmp_path / "again.json").read_bytes() == out.read_bytes()
@@ -189,9 +189,9 @@ def test_the_tables_ratios_are_paired_by_seed_as_ratio_interval_gives(
             mine = [metric(by["purge", s], path) for s in (0, 1, 2)]
             base = [metric(by["reaper", s], path) for s in (0, 1, 2)]
             m, lo, hi = interval(mine)
-            half = _fmt((hi - lo) / 2 / div) if hi > lo else "0"
-            assert mean_cell == f"{_fmt(m / div)} ±{half}"
-            assert b_cell.startswith(_fmt(interval(base)[0] / div) + " ±")
+            half = fmt_value((hi - lo) / 2 / div) if hi > lo else "0"
+            assert mean_cell == f"{fmt_value(m / div)} ±{half}"
+            assert b_cell.startswith(fmt_value(interval(base)[0] / div) + " ±")
             if not any(base):
                 assert ratio_cell == "-"
                 continue

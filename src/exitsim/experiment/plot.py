@@ -5,18 +5,15 @@ on a logarithmic axis (a ratio of 2 and one of 0.5 lie equally far from the line
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, NullLocator
 
-from exitsim.report.files import write_atomic
-from exitsim.report.plots import _MARKERS, _META, SUFFIXES, _design_colors, _style
+from exitsim.report.plots import _MARKERS, _design_colors, write_figure
 
 
 def _finite(q: dict[str, Any]) -> bool:
@@ -111,11 +108,4 @@ def write_effects_plot(
     summary: dict[str, Any], metrics: Sequence[tuple[str, str, float]], path: str
 ) -> None:
     """The figure to ``path``, PNG or SVG by its suffix, whole or not at all."""
-    fmt = Path(path).suffix.lower()
-    if fmt not in SUFFIXES:
-        raise ValueError(f"{path}: a plot must end in .png or .svg")
-    with _style():
-        fig = effects_figure(summary, metrics)
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt[1:], metadata=_META[fmt[1:]])
-    write_atomic(path, buf.getvalue())
+    write_figure(lambda: effects_figure(summary, metrics), path)

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from exitsim.experiment.frame import CONFIG_COLUMNS
 from exitsim.report.claims import interval, ratio, ratio_interval
+from exitsim.report.compare import fmt_value
 
 #: The figures a report shows unless asked for others (``--metric``): column, title,
 #: unit divisor.
@@ -179,18 +180,10 @@ def summarize(
     }
 
 
-def _num(v: float) -> str:
-    if abs(v) >= 100:
-        return f"{v:,.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
 def _mean_text(fig: dict[str, Any], div: float) -> str:
     half = (fig["hi"] - fig["lo"]) / 2 / div
-    text = _num(fig["mean"] / div)
-    return f"{text} ±{_num(half)}" if half else text
+    text = fmt_value(fig["mean"] / div)
+    return f"{text} ±{fmt_value(half)}" if half else text
 
 
 def _ratio_text(q: dict[str, Any]) -> str:

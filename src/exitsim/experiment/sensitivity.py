@@ -36,6 +36,7 @@ from exitsim.report.claims import (
     Claim,
     ratio,
     ratio_interval,
+    run_config,
     same_work,
     verdict,
 )
@@ -228,23 +229,8 @@ class Plan:
         return list(out.values())
 
 
-def config(
-    design: str,
-    arch: str,
-    cpus: int,
-    seed: int,
-    workload: Mapping[str, Any],
-    costs: Mapping[str, int],
-) -> SimConfig:
-    """One run: as ``report.claims.config`` makes it, with cost overrides in ns."""
-    return SimConfig(
-        policy=design,
-        arch=arch,
-        cpus=cpus,
-        seed=seed,
-        workload_params=dict(workload),
-        cost_overrides=dict(costs),
-    )
+#: One run of a claim's cell (``report.claims.run_config``).
+config = run_config
 
 
 def profile_configs(plan: Plan) -> list[SimConfig]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,7 +36,7 @@ from exitsim.machine.costs import (
 )
 from exitsim.machine.machine import GRANULARITIES
 from exitsim.sim import SimConfig
-from exitsim.workloads.spec import TREE, validation_message
+from exitsim.workloads.spec import TREE, read_toml_file, validation_message
 
 #: Past this many runs a spec is refused: a typo (seeds = 1000000) should not start
 #: a week of runs. A bigger sweep is split into several specs.
@@ -373,16 +372,5 @@ def _check_levels(sweep: Sweep, fail: Any) -> None:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check a spec file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise SweepSpecError(f"{path}: cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise SweepSpecError(f"{path}: not UTF-8 text") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SweepSpecError(f"{path}: not valid TOML: {e}") from None
-    except RecursionError:
-        raise SweepSpecError(f"{path}: not valid TOML: nested too deeply") from None
+    data = read_toml_file(path, SweepSpecError)
     return parse_sweep(data, str(path), Path(path).parent)

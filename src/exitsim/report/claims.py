@@ -18,7 +18,7 @@ tests/test_claims.py checks that the model still gives every verdict there.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -291,17 +291,30 @@ class Cell:
         }
 
 
-def config(
-    design: str, arch: str, cpus: int, seed: int, workload: dict[str, Any], a: Assumption
+def run_config(
+    design: str,
+    arch: str,
+    cpus: int,
+    seed: int,
+    workload: Mapping[str, Any],
+    costs: Mapping[str, int],
 ) -> SimConfig:
+    """One run of a claim's cell: a design on the built-in workload with its
+    parameters, cost overrides in ns."""
     return SimConfig(
         policy=design,
         arch=arch,
         cpus=cpus,
         seed=seed,
         workload_params=dict(workload),
-        cost_overrides=a.overrides(arch),
+        cost_overrides=dict(costs),
     )
+
+
+def config(
+    design: str, arch: str, cpus: int, seed: int, workload: dict[str, Any], a: Assumption
+) -> SimConfig:
+    return run_config(design, arch, cpus, seed, workload, a.overrides(arch))
 
 
 def config_key(cfg: SimConfig) -> str:

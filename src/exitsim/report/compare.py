@@ -57,7 +57,8 @@ def metric(r: dict[str, Any], path: tuple[str, ...]) -> float:
     return float(v)
 
 
-def _fmt(v: float) -> str:
+def fmt_value(v: float) -> str:
+    """A figure as the tables show it: three significant digits or so."""
     if abs(v) >= 100:
         return f"{v:,.0f}"
     if abs(v) >= 10:
@@ -107,7 +108,7 @@ Number = Callable[[int, float], str]
 
 def number_text(i: int, raw: float) -> str:
     """Metric ``i``'s value (in the Result's own units) in its column's unit."""
-    return _fmt(raw / METRICS[i][2])
+    return fmt_value(raw / METRICS[i][2])
 
 
 def _ratio_text(q: float) -> str:
@@ -165,7 +166,7 @@ def compare_cells(
                 if base is not None and r is not base:
                     b = metric(base, path) / div
                     ratio = f"{v / b:.2f}" if b else "-"
-                values.append((number(i, raw) if number else _fmt(v), ratio))
+                values.append((number(i, raw) if number else fmt_value(v), ratio))
             rows.append((r["config"]["policy"], tuple(values)))
         cells.append(Cell(arch, cpus, _workload(rs[0]["config"]), baseline, tuple(rows)))
     return cells
@@ -283,7 +284,13 @@ def seed_tables(results: Sequence[dict[str, Any]]) -> list[Table]:
         for title, path, div in METRICS:
             values = [metric(r, path) / div for r in g.results]
             est = mean_of(g, lambda r, path=path, div=div: metric(r, path) / div)
-            span = f"{_fmt(est.lo)} .. {_fmt(est.hi)}" if est.n > 1 else "-"
-            t.add_row(title, _fmt(est.mean), span, _fmt(min(values)), _fmt(max(values)))
+            span = f"{fmt_value(est.lo)} .. {fmt_value(est.hi)}" if est.n > 1 else "-"
+            t.add_row(
+                title,
+                fmt_value(est.mean),
+                span,
+                fmt_value(min(values)),
+                fmt_value(max(values)),
+            )
         tables.append(t)
     return tables

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -930,21 +930,32 @@ def _figure(results: dict[str, Any] | list[dict[str, Any]]) -> Figure:
     return run_figure(results) if isinstance(results, dict) else compare_figure(results)
 
 
-def render(results: dict[str, Any] | list[dict[str, Any]], fmt: str) -> bytes:
-    """The figure for ``results`` as ``png`` or ``svg`` bytes."""
+def figure_bytes(make: Callable[[], Figure], fmt: str) -> bytes:
+    """The figure ``make`` draws, as ``png`` or ``svg`` bytes, in the one style every
+    exitsim plot uses (reproducible: the same figure gives the same bytes)."""
     if f".{fmt}" not in SUFFIXES:
         raise ValueError(f"plot format must be png or svg (got {fmt!r})")
     with _style():
-        fig = _figure(results)
+        fig = make()
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, metadata=_META[fmt])
     return buf.getvalue()
 
 
-def write_plot(results: dict[str, Any] | list[dict[str, Any]], path: str) -> None:
-    """The figure written to ``path``, PNG or SVG by its suffix, whole or not at all."""
-    target = Path(path)
-    suffix = target.suffix.lower()
+def write_figure(make: Callable[[], Figure], path: str) -> None:
+    """The figure ``make`` draws written to ``path``, PNG or SVG by its suffix, whole
+    or not at all."""
+    suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"{path}: a plot must end in .png or .svg")
-    write_atomic(path, render(results, suffix[1:]))
+    write_atomic(path, figure_bytes(make, suffix[1:]))
+
+
+def render(results: dict[str, Any] | list[dict[str, Any]], fmt: str) -> bytes:
+    """The figure for ``results`` as ``png`` or ``svg`` bytes."""
+    return figure_bytes(lambda: _figure(results), fmt)
+
+
+def write_plot(results: dict[str, Any] | list[dict[str, Any]], path: str) -> None:
+    """The figure for ``results`` written to ``path`` (``write_figure``)."""
+    write_figure(lambda: _figure(results), path)

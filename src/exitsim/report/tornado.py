@@ -8,18 +8,15 @@ writes its own: PNG or SVG by the suffix, reproducible bytes, whole or not at al
 
 from __future__ import annotations
 
-import io
 import math
 import textwrap
-from pathlib import Path
 from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from exitsim.report.files import write_atomic
-from exitsim.report.plots import _META, SUFFIXES, _empty, _grid_box, _PlainLog, _style
+from exitsim.report.plots import _empty, _grid_box, _PlainLog, figure_bytes, write_figure
 
 #: At most this many keys per panel, the largest swings; the caption counts the rest.
 MAX_BARS = 12
@@ -138,19 +135,10 @@ def tornado_figure(rec: dict[str, Any]) -> Figure:
 
 def render(rec: dict[str, Any], fmt: str) -> bytes:
     """The tornado plot as ``png`` or ``svg`` bytes."""
-    if f".{fmt}" not in SUFFIXES:
-        raise ValueError(f"plot format must be png or svg (got {fmt!r})")
-    with _style():
-        fig = tornado_figure(rec)
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, metadata=_META[fmt])
-    return buf.getvalue()
+    return figure_bytes(lambda: tornado_figure(rec), fmt)
 
 
 def write_tornado(rec: dict[str, Any], path: str) -> None:
     """The tornado plot written to ``path``, PNG or SVG by its suffix, whole or not
     at all."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(f"{path}: a plot must end in .png or .svg")
-    write_atomic(path, render(rec, suffix[1:]))
+    write_figure(lambda: tornado_figure(rec), path)

@@ -200,21 +200,26 @@ def parse_workload(data: Mapping[str, Any], origin: str) -> WorkloadSpec:
     return spec
 
 
-def load_workload_file(path: str | Path) -> WorkloadSpec:
-    """Read and validate a workload file."""
+def read_toml_file(path: str | Path, error: type[Exception]) -> dict[str, Any]:
+    """A TOML file's tables, or ``error`` with one line naming the file: unreadable,
+    not UTF-8, not TOML."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise WorkloadFileError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise error(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
-        raise WorkloadFileError(f"{path}: not UTF-8 text") from None
+        raise error(f"{path}: not UTF-8 text") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise WorkloadFileError(f"{path}: not valid TOML: {e}") from None
+        raise error(f"{path}: not valid TOML: {e}") from None
     except RecursionError:
-        raise WorkloadFileError(f"{path}: not valid TOML: nested too deeply") from None
-    return parse_workload(data, str(path))
+        raise error(f"{path}: not valid TOML: nested too deeply") from None
+
+
+def load_workload_file(path: str | Path) -> WorkloadSpec:
+    """Read and validate a workload file."""
+    return parse_workload(read_toml_file(path, WorkloadFileError), str(path))
 
 
 def to_config(spec: WorkloadSpec) -> tuple[str, dict[str, Any]]:
