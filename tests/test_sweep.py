@@ -291,6 +291,27 @@ def test_dask_localcluster_gives_the_local_pools_results_byte_for_byte(tmp_path:
     assert a == b
 
 
+@pytest.mark.slow
+def test_a_sweep_runs_on_an_existing_cluster_by_its_schedulers_address(tmp_path: Path) -> None:
+    """--scheduler tcp://HOST:PORT: a cluster started elsewhere (here a LocalCluster
+    of two worker processes on loopback) runs the sweep; the store is the pool's."""
+    from distributed import LocalCluster
+
+    spec = _spec(tmp_path)
+    pool = tmp_path / "pool.sqlite"
+    assert main(["sweep", str(spec), "--store", str(pool), "--workers", "1", "-q", "--json"]) == 0
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        there = tmp_path / "cluster.sqlite"
+        argv = ["sweep", str(spec), "--store", str(there), "--scheduler", cluster.scheduler_address]
+        assert main([*argv, "-q", "--json"]) == 0
+        # The runs went out as tasks (named exitsim-run_one-<key>) and the
+        # cluster's workers spent time computing them.
+        assert cluster.scheduler.task_prefixes["exitsim"].all_durations["compute"] > 0
+    assert _rows(there) == _rows(pool)
+
+
 # -- the report ------------------------------------------------------------------------
 
 
