@@ -463,3 +463,23 @@ def test_the_key_and_the_store_follow_the_model(
     assert json.loads(capsys.readouterr().out)["runs"] == 1
     assert main(["sweep", "report", str(path)]) == 0
     assert "1 results in" in capsys.readouterr().err
+
+
+def test_a_spec_may_run_a_workload_file_and_the_frame_names_the_tree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "tiny.toml").write_text(
+        'format = 1\nname = "tiny"\n[[process]]\nid = 1\nprogram = "make"\nuser_ms = 2.0\n'
+        '[[process]]\nid = 2\nparent = 1\nprogram = "cc1"\nuser_ms = 5.0\nanon_pages = 500\n'
+    )
+    spec = _spec(
+        tmp_path,
+        'format = 1\ndesigns = ["reaper", "purge"]\narches = ["amd64"]\ncpus = [2]\n'
+        'seeds = 2\n[workload]\nfile = "tiny.toml"\n',
+    )
+    assert main(["sweep", str(spec), "-q", "--csv", str(tmp_path / "t.csv")]) == 0
+    frame = pd.read_csv(tmp_path / "t.csv")
+    assert set(frame["workload"]) == {"tree"} and set(frame["param.name"]) == {"tiny"}
+    assert frame["processes.count"].tolist() == [2] * 4
+    bad = _spec(tmp_path, spec.read_text() + "[workload.params]\njobs = 3\n", "bad.toml")
+    assert_usage_error(["sweep", str(bad)], "workload.params: tiny.toml is a process tree", capsys)
