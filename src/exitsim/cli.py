@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser(
         "sweep",
         help="many runs from a spec into a resumable store; `sweep report STORE` reads one",
+        usage="exitsim sweep SPEC.toml [options]\n       exitsim sweep report STORE [options]",
+        description="Run what SPEC.toml's store lacks, then report the spec's runs; "
+        "`sweep report STORE` reports everything a store holds (docs/experiments.md).",
     )
     sw.add_argument("spec", metavar="SPEC.toml", help="the sweep's spec (docs/experiments.md)")
     sw.add_argument("report_store", nargs="?", metavar="STORE", help=argparse.SUPPRESS)
