@@ -142,7 +142,7 @@ def test_check_replays_a_schedule_step_by_step(capsys: pytest.CaptureFixture[str
     )
     out = capsys.readouterr().out
     assert rc == 1
-    assert "# schedule 0,0,0,0,1" in out and "invariant 6" in out
+    assert "# schedule 0*4,1" in out and "invariant 6" in out  # printed compact
     assert "kernel function" in out and "dowait6" in out
 
 

@@ -42,8 +42,8 @@ def load_workload(what: str | Path, **params: Any) -> Workload:
     if not (text.endswith(".toml") or "/" in text or Path(text).is_file()):
         return Workload(text, dict(params), None)
     name, base = to_config(load_workload_file(text))
-    if params and name == "tree":
-        raise ValueError(f"{text}: a process tree has no parameters")
+    if name == "tree" and set(params) - {"jobs"}:
+        raise ValueError(f"{text}: a process tree takes one parameter, jobs (make -jN)")
     return Workload(name, base | params, text)
 
 

@@ -271,21 +271,88 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--plot", metavar="FILE", help="a tornado plot, PNG or SVG by the suffix")
     se.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
+    va = sub.add_parser(
+        "validate", help="replay a captured real build; predicted vs measured, with the error"
+    )
+    va.add_argument(
+        "capture",
+        metavar="STRACE|DIR",
+        help="strace -f -ttt capture, or a directory exitsim record --keep wrote",
+    )
+    va.add_argument("--bpftrace", metavar="BTFILE", help="the bpftrace capture of the same run")
+    va.add_argument("--rusage", metavar="JSON", help="the rusage file of exitsim record --keep")
+    va.add_argument("--policy", default="linux", help="the design to replay under (default linux)")
+    va.add_argument("--arch", default="amd64", choices=sorted(ARCHES), help="(default amd64)")
+    va.add_argument(
+        "--cpus", type=int, default=None, help="CPUs (default: the rusage file's, else 2)"
+    )
+    va.add_argument("-s", "--seed", type=int, default=0, help="random seed (default 0)")
+    costs_args(va)
+    va.add_argument("--json", action="store_true", help="print only JSON")
+    va.add_argument("-o", "--output", metavar="FILE", help="also write the JSON here")
+
+    fi = sub.add_parser(
+        "fit", help="fit the free costs to published build profiles; write calibrated profiles"
+    )
+    fi.add_argument(
+        "--units", type=int, default=200, help="compile units of the fitted build (default 200)"
+    )
+    fi.add_argument(
+        "--seeds", type=int, default=5, help="seeds of the check after the fit (default 5)"
+    )
+    fi.add_argument(
+        "-o",
+        "--output-dir",
+        metavar="DIR",
+        help="write calibrated-amd64.toml and calibrated-arm64.toml here",
+    )
+    fi.add_argument(
+        "--reading",
+        choices=["locked-faults", "unlocked-faults"],
+        default="locked-faults",
+        help="did the published builds' page faults take the kernel lock (default: yes)",
+    )
+    fi.add_argument("--json", metavar="FILE", help="the fit and its checks as JSON")
+    fi.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
     rp = sub.add_parser("report", help="an HTML page of a result file (run -o or compare -o)")
     rp.add_argument("result", metavar="RESULT.json", help="what run -o or compare -o wrote")
     rp.add_argument("-o", "--output", metavar="FILE", required=True, help="the HTML page")
 
     t = sub.add_parser("trace", help="turn captures of a real run into a workload file")
     tsub = t.add_subparsers(dest="trace_command", metavar="SUBCOMMAND", parser_class=_Parser)
-    ti = tsub.add_parser("import", help="strace (and bpftrace) captures -> a process tree")
-    ti.add_argument("strace", metavar="FILE", help="strace -f -ttt -e trace=process output")
+    ti = tsub.add_parser("import", help="strace or kdump (and b[pf]trace) captures -> a tree")
+    ti.add_argument(
+        "strace", metavar="FILE", help="strace -f -ttt -e trace=process output, or kdump -TH's"
+    )
     ti.add_argument("--bpftrace", metavar="BTFILE", help="bpftrace capture of the same run")
+    ti.add_argument(
+        "--btrace", metavar="BTFILE", help="with kdump: btrace capture of the same run (OpenBSD)"
+    )
     ti.add_argument(
         "-o", "--output", metavar="WORKLOAD.toml", required=True, help="the workload file to write"
     )
-    ti.add_argument("--name", help="the workload's name (default: FILE's name less .strace)")
+    ti.add_argument("--name", help="the workload's name (default: FILE less .strace/.kdump)")
     ti.add_argument(
         "--lenient", action="store_true", help="skip lines that cannot be parsed (and count them)"
+    )
+    tb = tsub.add_parser("btrace-script", help="print the btrace(8) script for OpenBSD exits")
+    tb.add_argument(
+        "--old-kernel", action="store_true", help="a kernel without uvm_purge (before mid-2025)"
+    )
+    tb.add_argument(
+        "--no-kprobe", action="store_true", help="no kprobe provider (not amd64/i386): faults only"
+    )
+    tb.add_argument("--no-faults", action="store_true", help="do not count page faults")
+
+    ts = tsub.add_parser("syscalls", help="strace capture -> system calls per process, by program")
+    ts.add_argument("strace", metavar="FILE", help="strace -f -ttt output (.gz read as gzip)")
+    ts.add_argument("-o", "--output", metavar="OUT.toml", default="-", help="default: stdout")
+    ts.add_argument("--summary", metavar="CFILE", help="strace -f -c table to check totals with")
+    ts.add_argument(
+        "--machine",
+        metavar="TEXT",
+        help="the machine to name in the header (default: FILE's NAME.rusage.json)",
     )
 
     rec = sub.add_parser("record", help="run a command under strace and import its tree")
@@ -293,7 +360,40 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", metavar="WORKLOAD.toml", help="default: COMMAND's name + .toml"
     )
     rec.add_argument("--name", help="the workload's name (default: COMMAND's name)")
+    rec.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="also keep the captures and the run's rusage in DIR (NAME.strace, "
+        "NAME.bpftrace.txt, NAME.rusage.json)",
+    )
     rec.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="what to run")
+
+    cal = sub.add_parser(
+        "calibrate", help="time fork, exit, faults here and write a linux-host cost profile"
+    )
+    cal.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="the profile TOML (default -: standard output, the tables then go to stderr)",
+    )
+    cal.add_argument(
+        "--repeats",
+        type=_int_in(1, 10_000),
+        metavar="N",
+        help="runs of each benchmark (default 101; --quick 3)",
+    )
+    cal.add_argument("--mib", metavar="LIST", help="sizes, MiB: default 0,16,32,64 (--quick 0,1,2)")
+    cal.add_argument(
+        "--quick", action="store_true", help="tiny sizes, 3 repeats: a smoke run, not figures"
+    )
+    cal.add_argument("--json", metavar="FILE", help="also write samples, figures and model here")
+    cal.add_argument(
+        "--check", metavar="PROFILE", help="set this profile's model beside the host; fit none"
+    )
+    cal.add_argument(
+        "--measurements", metavar="FILE", help="a --json file's samples instead of measuring"
+    )
 
     k = sub.add_parser("check", help="explore interleavings of small scenarios")
     k.add_argument(
@@ -316,9 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many schedules (default: no limit)",
     )
     k.add_argument(
+        "-P",
         "--schedule",
         metavar="S",
-        help="replay exactly this schedule (comma-separated steps) and show it",
+        help="replay exactly this schedule (comma-separated steps, a run as STEP*COUNT) "
+        "and show it",
+    )
+    k.add_argument(
+        "--schedule-form",
+        choices=("compact", "list"),
+        default="compact",
+        help="how schedules are printed: compact (a run as STEP*COUNT, the default) "
+        "or list (one step per item)",
     )
     k.add_argument(
         "--trace",
@@ -459,10 +568,29 @@ def _workload(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         wname, wparams = to_config(load_workload_file(name))
     except WorkloadFileError as e:
         raise UsageError(str(e)) from None
-    if params and wname == TREE:
-        raise UsageError(f"--param: {name} is a process tree, it has no parameters")
+    if wname == TREE:
+        _tree_jobs(name, wparams, params)
     args.workload_config = (wname, wparams | params)
     return args.workload_config
+
+
+def _tree_jobs(name: str, wparams: dict[str, Any], params: dict[str, Any]) -> None:
+    """A process tree takes one parameter, ``jobs`` (workloads/tree.py): checked here,
+    and what it cannot do said once on stderr."""
+    from exitsim.workloads.tree import check_jobs, jobs_warnings, replay_jobs, tree_specs
+
+    for key in params:
+        if key != "jobs":
+            raise UsageError(f"--param {key}: {name} is a process tree, its only parameter is jobs")
+    try:
+        jobs = replay_jobs(wparams | params)
+        if jobs is not None:
+            procs = tree_specs(wparams)
+            check_jobs(procs)
+            for w in jobs_warnings(procs, jobs):
+                print(f"exitsim: warning: {name}: {w}", file=sys.stderr)
+    except ValueError as e:
+        raise UsageError(f"--param {e}" if "jobs" in params else f"{name}: {e}") from None
 
 
 def _config(args: argparse.Namespace, policy: str, arch: str, cpus: int) -> Any:
@@ -527,7 +655,8 @@ def _echo(console: Any, items: dict[str, Any]) -> None:
         if key in ("workload_params", "params"):
             if items.get("workload") == "tree" or "process" in value:
                 name = value.get("name") or "unnamed"
-                value = f"{len(value.get('process', ()))} processes ({name})"
+                jobs = f", jobs={value['jobs']}" if "jobs" in value else ""
+                value = f"{len(value.get('process', ()))} processes ({name}){jobs}"
             elif items.get("workload") in WORKLOADS:
                 full = asdict(check_params(items["workload"], value))
                 value = " ".join(f"{k}={v}{'*' if k in value else ''}" for k, v in full.items())
@@ -711,7 +840,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "arches": ",".join(arches),
             "cpus": ",".join(map(str, cpus)),
             "workload": args.workload,
-            "params": _params(args.param) if _workload(args)[0] != "tree" else {},
+            "params": _params(args.param)
+            if _workload(args)[0] != "tree"
+            else {k: v for k, v in _workload(args)[1].items() if k == "jobs"},
             **seed_item,
             "granularity": args.granularity,
             "profile": args.profile,
@@ -1124,11 +1255,132 @@ def _policy_maker(args: argparse.Namespace) -> Any:
         raise UsageError(str(e)) from None
 
 
+def _capture_files(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    """The strace, bpftrace and rusage files of ``validate``: given one by one, or
+    found in a directory ``record --keep`` wrote (one NAME.strace there)."""
+    cap = Path(args.capture)
+    if not cap.is_dir():
+        return args.capture, args.bpftrace, args.rusage
+    traces = sorted(cap.glob("*.strace"))
+    if len(traces) != 1:
+        raise UsageError(f"{cap}: expected one NAME.strace in the directory, found {len(traces)}")
+    stem = traces[0].name.removesuffix(".strace")
+    bt = cap / f"{stem}.bpftrace.txt"
+    ru = cap / f"{stem}.rusage.json"
+    return (
+        str(traces[0]),
+        args.bpftrace or (str(bt) if bt.is_file() else None),
+        args.rusage or (str(ru) if ru.is_file() else None),
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from exitsim.calibrate.validate import ValidateError, as_dict, validate
+    from exitsim.report.table import validation_table
+    from exitsim.sim import SimConfig
+
+    strace, bpf, rusage = _capture_files(args)
+    for path in (strace, bpf, rusage):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{path}: no such file")
+    cpus = args.cpus
+    if cpus is None:
+        cpus = _capture_cpus(rusage) or 2
+    if cpus < 1:
+        raise UsageError(f"--cpus must be at least 1 (got {cpus})")
+    _check_dir("--output", args.output)
+    cfg = SimConfig(
+        policy=args.policy,
+        arch=args.arch,
+        cpus=cpus,
+        seed=args.seed,
+        cost_overrides=_cost_overrides(args.cost),
+        profile=args.profile,
+    )
+    try:
+        m, p, rows = validate(strace, bpf, rusage, cfg)
+    except (ValidateError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    record = as_dict(m, p, rows, cfg)
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    if args.json:
+        sys.stdout.write(text)
+    else:
+        cfg_line = (
+            f"{cfg.policy} on {cfg.arch}, {cfg.cpus} CPUs, profile {cfg.profile or 'built-in'}"
+        )
+        _console().print(validation_table(record, f"{Path(strace).name}: {cfg_line}"))
+        print(f"measured sys: {m.sys_source}")
+    if args.output:
+        write_atomic(args.output, text)
+    return 0
+
+
+def _capture_cpus(rusage: str | None) -> int | None:
+    """The CPU count the rusage file of ``record --keep`` names, if any."""
+    if rusage is None:
+        return None
+    try:
+        n = json.loads(Path(rusage).read_text()).get("machine", {}).get("nproc")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from exitsim.calibrate.fit import TARGETS, calibrated_profile, check, fit
+
+    if args.units < 10:
+        raise UsageError(f"--units must be at least 10 (got {args.units})")
+    if not 1 <= args.seeds <= 100:
+        raise UsageError(f"--seeds must be from 1 to 100 (got {args.seeds})")
+    if args.output_dir is not None and not Path(args.output_dir).is_dir():
+        raise UsageError(f"--output-dir: {args.output_dir} is not a directory")
+    _check_dir("--json", args.json)
+
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(f"exitsim: fit: {line}", file=sys.stderr)
+
+    res = fit(args.units, args.reading, log=log)
+    checks = check(res, range(args.seeds))
+    for c in checks:
+        print(
+            f"{c['target']}: published {c['published']:.3g}, model {c['mean']:.3g}"
+            f" [{c['lo']:.3g}, {c['hi']:.3g}] ({c['error'] * 100:+.0f}%, {c['role']})"
+        )
+    print(
+        "multipliers: "
+        + ", ".join(f"{g} x{v:.3g}" for g, v in res.multipliers.items())
+        + (f" (at a bound: {', '.join(res.bounded)})" if res.bounded else "")
+    )
+    today = date.today()
+    if args.output_dir is not None:
+        for arch in sorted({t.arch for t in TARGETS}):
+            path = Path(args.output_dir) / f"calibrated-{arch}.toml"
+            write_atomic(str(path), calibrated_profile(arch, res, today) + "\n")
+    if args.json:
+        record = {
+            "units": res.units,
+            "reading": res.reading,
+            "multipliers": res.multipliers,
+            "bounded": res.bounded,
+            "evaluations": res.evaluations,
+            "history": res.history,
+            "checks": checks,
+        }
+        write_atomic(args.json, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    from exitsim.check.hooks import DesignError
     from exitsim.check.run import CheckUsageError, replay, scenario_names, search
     from exitsim.check.scenarios import SCENARIOS
     from exitsim.engine.chooser import ScheduleMismatch
-    from exitsim.engine.explore import parse_schedule
+    from exitsim.engine.explore import format_schedule, parse_schedule
     from exitsim.report.steptrace import steps_to_trace
 
     if args.list:
@@ -1143,6 +1395,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     policy = maker().name
     _check_dir("--trace", args.trace)
     profile = _check_costs(args)
+    compact = args.schedule_form == "compact"
     echo = {
         "policy": policy,
         "arch": args.arch,
@@ -1158,6 +1411,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             out, steps = replay(scenarios[0], maker, args.arch, labels, profile)
         except (ValueError, ScheduleMismatch) as e:
             raise UsageError(f"--schedule: {e}") from None
+        shown = format_schedule(labels, compact)
         if args.trace:
             write_atomic(args.trace, steps_to_trace(steps, f"{scenarios[0].name} {policy}"))
         if args.json:
@@ -1167,8 +1421,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                         "scenario": scenarios[0].name,
                         "policy": policy,
                         "arch": args.arch,
-                        "schedule": args.schedule,
+                        "schedule": shown,
                         "violation": str(out.error) if out.error else None,
+                        "exception": (
+                            out.error.as_dict() if isinstance(out.error, DesignError) else None
+                        ),
                         "steps": [vars_step(st) for st in steps],
                     },
                     indent=1,
@@ -1177,9 +1434,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         else:
             for key, value in echo.items():
                 print(f"# {key} {value}")
-            print(f"# schedule {args.schedule}")
+            print(f"# schedule {shown}")
             _print_steps(steps)
             print(f"violation: {out.error}" if out.error else "no violation on this schedule")
+            if isinstance(out.error, DesignError) and out.error.source:
+                print(f"    {out.error.source}")
         return 1 if out.error else 0
 
     from exitsim.report.progress import bar, wanted
@@ -1199,14 +1458,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             b.advance()
             results.append(res)
             if res.violation is not None:
-                labels = parse_schedule(res.schedule or "")
-                _, res.steps = replay(sc, maker, args.arch, labels, profile)
+                _, res.steps = replay(sc, maker, args.arch, res.labels, profile)
                 if args.trace:
                     write_atomic(args.trace, steps_to_trace(res.steps, f"{sc.name} {policy}"))
                 break
     found = any(r.violation for r in results)
     if args.json:
-        print(json.dumps([r.as_dict() for r in results], indent=1))
+        print(json.dumps([r.as_dict(compact) for r in results], indent=1))
         return 1 if found else 0
     for key, value in echo.items():
         print(f"# {key} {value}")
@@ -1218,13 +1476,15 @@ def cmd_check(args: argparse.Namespace) -> int:
                 f"({r.schedules} schedules, {r.states} states, {r.seconds:.1f} s, {bound})"
             )
             continue
+        shown = format_schedule(r.labels, compact)
         print(f"{r.scenario}: VIOLATION after {r.schedules} schedules ({r.seconds:.1f} s)")
         print(f"  {r.violation}")
-        print(f"  minimal schedule: {r.schedule}")
+        if r.exception is not None and r.exception["source"]:
+            print(f"    {r.exception['source']}")
+        print(f"  minimal schedule: {shown or '(empty: the default order all the way)'}")
         extra = f" --policy-file {args.policy_file}" if args.policy_file else f" --policy {policy}"
         print(
-            f"  replay: exitsim check {r.scenario}{extra} --arch {args.arch} "
-            f"--schedule '{r.schedule}'"
+            f"  replay: exitsim check {r.scenario}{extra} --arch {args.arch} --schedule '{shown}'"
         )
         _print_steps(r.steps)
     return 1 if found else 0
@@ -1322,7 +1582,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _import_to(
-    strace: str, bpftrace: str | None, output: str, name: str | None, **how: bool
+    strace: str,
+    bpftrace: str | None,
+    output: str,
+    name: str | None,
+    btrace: str | None = None,
+    **how: bool,
 ) -> None:
     """Import the captures, tell what was assumed, write the workload file, summarize."""
     from exitsim.workloads.importer import import_trace
@@ -1330,7 +1595,7 @@ def _import_to(
     from exitsim.workloads.tracelines import TraceError
 
     try:
-        result = import_trace(strace, bpftrace, name, **how)
+        result = import_trace(strace, bpftrace, name, btrace_path=btrace, **how)
     except TraceError as e:
         raise UsageError(str(e)) from None
     for w in result.warnings:
@@ -1339,35 +1604,112 @@ def _import_to(
     print(f"{output}: {result.summary()}")
 
 
-def cmd_trace(args: argparse.Namespace) -> int:
-    if args.trace_command is None:
-        raise UsageError("trace: a subcommand is needed: import")
+def _trace_syscalls(args: argparse.Namespace) -> int:
+    """``trace syscalls``: count a capture's calls per program and write the TOML."""
+    from exitsim.workloads.syscount import syscalls_toml
+    from exitsim.workloads.tracelines import TraceError
+
     _check_dir("--output", args.output)
-    for src in (args.strace, args.bpftrace):
+    for src in (args.strace, args.summary):
+        if src and args.output != STDOUT and Path(args.output).resolve() == Path(src).resolve():
+            raise UsageError(f"--output: {args.output} is an input file")
+    try:
+        text = syscalls_toml(args.strace, args.summary, args.machine)
+    except TraceError as e:
+        raise UsageError(str(e)) from None
+    write_atomic(args.output, text)
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    if args.trace_command == "syscalls":
+        return _trace_syscalls(args)
+    if args.trace_command == "btrace-script":
+        return _btrace_script(args)
+    if args.trace_command is None:
+        raise UsageError("trace: a subcommand is needed: import, syscalls or btrace-script")
+    _check_dir("--output", args.output)
+    for src in (args.strace, args.bpftrace, args.btrace):
         if src and Path(args.output).resolve() == Path(src).resolve():
             raise UsageError(f"--output: {args.output} is an input file")
-    _import_to(args.strace, args.bpftrace, args.output, args.name, lenient=args.lenient)
+    _import_to(
+        args.strace, args.bpftrace, args.output, args.name, args.btrace, lenient=args.lenient
+    )
+    return 0
+
+
+def _btrace_script(args: argparse.Namespace) -> int:
+    """``trace btrace-script``: the bt(5) program for an OpenBSD capture, on stdout."""
+    from exitsim.workloads.btrace import btrace_script
+
+    if args.no_kprobe and args.no_faults:
+        raise UsageError("trace btrace-script: --no-kprobe and --no-faults leave nothing to record")
+    purge, kprobe, faults = not args.old_kernel, not args.no_kprobe, not args.no_faults
+    sys.stdout.write(btrace_script(purge=purge, kprobe=kprobe, faults=faults))
     return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from exitsim.workloads.record import RecordError, record
+    from exitsim.workloads.record import RecordError, keep, keep_problem, record
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise UsageError("record: give the command after --, e.g. exitsim record -- make -j8")
     output = args.output or f"{Path(argv[0]).name}.toml"
     _check_dir("--output", output)
+    name = args.name or Path(argv[0]).name
+    if args.keep is not None and (problem := keep_problem(args.keep, name)) is not None:
+        raise UsageError(f"--keep: {problem}")
     try:
         with record(argv) as rec:
             for note in rec.notes:
                 print(f"exitsim: note: {note}", file=sys.stderr)
             bpf = str(rec.bpftrace) if rec.bpftrace else None
-            name = args.name or Path(argv[0]).name
+            if args.keep is not None:
+                kept = keep(rec, argv, args.keep, name)
+                print(f"kept: {', '.join(str(k) for k in kept)}")
             _import_to(str(rec.strace), bpf, output, name, recorded=True)
     except RecordError as e:
         raise UsageError(str(e)) from None
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from exitsim.calibrate import command as cal
+    from exitsim.calibrate.text import check_table, figures_table, header_lines
+
+    try:
+        opts = cal.options(
+            args.output,
+            args.repeats,
+            args.mib,
+            args.quick,
+            args.check,
+            args.measurements,
+            args.json,
+        )
+    except cal.CalibrateError as e:
+        raise UsageError(str(e)) from None
+    _check_dir("--output", opts.output)
+    _check_dir("--json", opts.json)
+    if opts.check is not None:
+        load_profile(opts.check)  # a bad profile is refused before anything is measured
+    try:
+        meas = cal.get_measurements(opts)
+        out = cal.compare(opts, meas)
+    except cal.CalibrateError as e:
+        raise UsageError(str(e)) from None
+    if out.profile_text is not None:
+        write_atomic(opts.output, out.profile_text)
+    if opts.json is not None:
+        write_atomic(opts.json, out.json_text)
+    on_stdout = (out.profile_text is not None and opts.output == STDOUT) or opts.json == STDOUT
+    report = sys.stderr if on_stdout else sys.stdout
+    lines = [*header_lines(meas), "", *figures_table(meas), ""]
+    lines += [f"# model: {out.profile.path}, design linux", *check_table(out.rows)]
+    print("\n".join(lines), file=report)
+    # 1: a target (teardown per MiB, fork+exit) is off by more than 20%.
+    return 0 if out.targets_met else 1
 
 
 COMMANDS: dict[str, Any] = {
@@ -1383,6 +1725,9 @@ COMMANDS: dict[str, Any] = {
     "trace": cmd_trace,
     "record": cmd_record,
     "sweep": cmd_sweep,
+    "validate": cmd_validate,
+    "fit": cmd_fit,
+    "calibrate": cmd_calibrate,
 }
 
 

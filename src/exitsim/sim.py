@@ -37,6 +37,9 @@ class SimConfig:
     cost_overrides: dict[str, int] = field(default_factory=dict)
     #: A cost profile TOML for the arch, instead of the built-in one.
     profile: str | None = None
+    #: Page faults take the kernel lock (the kernels before faults were unlocked,
+    #: such as the one behind the 2021 arm64 build profile of docs/calibration.md).
+    fault_kernel_lock: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -46,6 +49,8 @@ class SimConfig:
             del d["cost_overrides"]
         if self.profile is None:
             del d["profile"]
+        if not self.fault_kernel_lock:
+            del d["fault_kernel_lock"]
         return d
 
 
@@ -69,6 +74,7 @@ def build_kernel(cfg: SimConfig, costs_read: set[str] | None = None, **kernel_kw
     machine = Machine(cfg.arch, cfg.cpus, cfg.granularity, costs)
     k = Kernel(machine, make_policy(cfg), total_pages=cfg.total_pages, debug=cfg.debug, **kernel_kw)
     k.config = cfg
+    k.uvm.fault_kernel_lock = cfg.fault_kernel_lock
     k.costs_used = costs_record(base, cfg.cost_overrides)
     k.start_kernel_threads()
     start_workload(k, cfg.workload, cfg.workload_params, cfg.seed)

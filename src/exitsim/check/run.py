@@ -1,5 +1,6 @@
 """What ``exitsim check`` does, below the command line: search a scenario's schedules
-for a violation, shrink what is found, and replay a schedule step by step."""
+for a violation (or an exception from the design's own code, ``check/hooks.py``), shrink
+what is found, and replay a schedule step by step."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from exitsim.check.hooks import DesignError
 from exitsim.check.scenarios import SCENARIOS, CheckRun, Scenario, factory
 from exitsim.engine.chooser import ScheduleMismatch
 from exitsim.engine.errors import InvariantViolation
@@ -47,10 +49,12 @@ class CheckResult:
     complete: bool
     violation: str | None = None
     invariant: int | None = None
-    schedule: str | None = None
+    schedule: str | None = None  # compact form (``format_schedule``)
+    labels: list[str] = field(default_factory=list)  # the same schedule, one label a step
+    exception: dict[str, Any] | None = None  # for an exception from the design's code
     steps: list[Step] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, compact: bool = True) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "policy": self.policy,
@@ -62,7 +66,8 @@ class CheckResult:
             "complete": self.complete,
             "violation": self.violation,
             "invariant": self.invariant,
-            "schedule": self.schedule,
+            "exception": self.exception,
+            "schedule": (None if self.schedule is None else format_schedule(self.labels, compact)),
         }
 
 
@@ -98,6 +103,8 @@ def _describe(out: CheckResult, o: Outcome) -> None:
     e = o.error
     out.violation = str(e)
     out.invariant = e.invariant if isinstance(e, InvariantViolation) else None
+    out.exception = e.as_dict() if isinstance(e, DesignError) else None
+    out.labels = list(o.schedule)
     out.schedule = format_schedule(o.schedule)
 
 

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from exitsim.check.hooks import blame
 from exitsim.engine.chooser import Chooser
+from exitsim.engine.errors import SimError
 from exitsim.engine.ops import USER, Run
 from exitsim.engine.sync import tsleep, wakeup
 from exitsim.engine.thread import KPath
@@ -74,6 +76,10 @@ class CheckRun:
         if left:
             k.fail(f"run ended with processes never freed: {left}")
         audit_all_exited(k.uvm)
+
+    def design_error(self, e: Exception) -> SimError | None:
+        """An exception the design's own code raised, as a finding (``check/hooks.py``)."""
+        return blame(e, self.k.policy)
 
 
 @dataclass(frozen=True, slots=True)

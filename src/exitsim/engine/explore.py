@@ -5,7 +5,8 @@ Generators cannot be copied, so every schedule re-executes from the start: a run
 built afresh by a factory, driven step by step through the engine's chooser seam, and
 the choices made are recorded. A schedule is the list of option labels picked at each
 choice point (a CPU number, ``ik.j`` for an IPI from CPU j arriving at k, ``ak.j`` for
-its acknowledgement); written as a string, they are joined by commas. After the given
+its acknowledgement); written as a string, they are joined by commas, a run of the
+same label shortened to ``LABEL*COUNT`` (``1*6,0`` for ``1,1,1,1,1,1,0``). After the given
 prefix the explorer's default applies: the CPU that moved last goes on if it can, else
 the first CPU that can.
 
@@ -29,7 +30,12 @@ from exitsim.engine.sched import Engine
 
 class Run(Protocol):
     """What a factory gives: an engine built with the chooser it was handed, an
-    abstract state for pruning, and a check when nothing is left to run."""
+    abstract state for pruning, and a check when nothing is left to run.
+
+    A run may also have ``design_error(e) -> SimError | None``: it turns an exception
+    that is not the model's (not a ``SimError``) into a finding about the design under
+    check, or gives None when the exception is a bug of the simulator's own, which then
+    propagates."""
 
     engine: Engine
 
@@ -41,22 +47,67 @@ class Run(Protocol):
 Factory = Callable[[Chooser], Run]
 
 
-def format_schedule(labels: Sequence[str]) -> str:
-    return ",".join(labels)
+#: No run takes more choices than steps, and ``run_schedule`` stops at this many steps.
+MAX_STEPS = 200_000
+
+_LABEL_HELP = "a CPU number, iK.J, aK.J or tN, optionally followed by *COUNT"
+
+
+def format_schedule(labels: Sequence[str], compact: bool = True) -> str:
+    """Labels as a string. Compact (the default): a run of the same label twice or
+    more is written ``LABEL*COUNT``, so ``1,1,1,1,1,1,0`` is ``1*6,0``; otherwise one
+    label per item, as the explorer picked them."""
+    if not compact:
+        return ",".join(labels)
+    items: list[str] = []
+    i = 0
+    while i < len(labels):
+        j = i
+        while j < len(labels) and labels[j] == labels[i]:
+            j += 1
+        items.append(labels[i] if j - i == 1 else f"{labels[i]}*{j - i}")
+        i = j
+    return ",".join(items)
 
 
 def parse_schedule(text: str) -> list[str]:
-    """A schedule string back to labels; refuses anything that is not a label."""
-    labels = [x.strip() for x in text.split(",") if x.strip()]
-    for x in labels:
-        ok = (
-            x.isdigit()
-            or (x[:1] in ("i", "a") and _is_pair(x[1:]))
-            or (x[:1] == "t" and x[1:].isdigit())
-        )
-        if not ok:
-            raise ValueError(f"schedule: {x!r} is not a step (a CPU number, iK.J, aK.J or tN)")
+    """A schedule string back to labels, in either form ``format_schedule`` writes
+    (they mix freely: ``1*6,0`` and ``1,1,1,1,1,1,0`` are the same schedule). Refuses,
+    naming the item, anything that is not a label with an optional repeat count."""
+    if not text.strip():
+        return []
+    labels: list[str] = []
+    for n, raw in enumerate(text.split(","), 1):
+        item = raw.strip()
+        if not item:
+            raise ValueError(f"item {n} is empty (two commas in a row, or one at an end)")
+        label, star, count = (x.strip() for x in item.partition("*"))
+        if not label:
+            raise ValueError(f"item {n}, {item!r}: no step before the *")
+        if not _is_label(label):
+            raise ValueError(f"item {n}, {label!r} is not a step ({_LABEL_HELP})")
+        times = 1
+        if star:
+            if not count.isdigit() or int(count) < 1:
+                raise ValueError(
+                    f"item {n}, {item!r}: the count after * must be a whole number of at least 1"
+                )
+            times = int(count)
+        if len(labels) + times > MAX_STEPS:
+            raise ValueError(
+                f"item {n}, {item!r}: makes the schedule longer than {MAX_STEPS} "
+                "steps, more than any run takes"
+            )
+        labels.extend([label] * times)
     return labels
+
+
+def _is_label(x: str) -> bool:
+    return (
+        x.isdigit()
+        or (x[:1] in ("i", "a") and _is_pair(x[1:]))
+        or (x[:1] == "t" and x[1:].isdigit())
+    )
 
 
 def _is_pair(s: str) -> bool:
@@ -131,11 +182,12 @@ class Outcome:
 def run_schedule(
     factory: Factory,
     prefix: Sequence[str],
-    max_steps: int = 200_000,
+    max_steps: int = MAX_STEPS,
     on_step: Callable[[Run, int], None] | None = None,
 ) -> Outcome:
     """Build a run, follow ``prefix`` then the default, to the end or the first error
-    the model raises (an invariant, a lock rule, a deadlock)."""
+    the model raises (an invariant, a lock rule, a deadlock), or the first exception
+    the run's ``design_error`` blames on the design (see ``Run``)."""
     ref: list[Run] = []
     chooser = GuidedChooser(prefix, ref)
     run = factory(chooser)
@@ -153,6 +205,12 @@ def run_schedule(
         raise
     except SimError as e:
         return Outcome(chooser.labels(), e, steps, chooser.points)
+    except Exception as e:
+        blame = getattr(run, "design_error", None)
+        found = blame(e) if blame is not None else None
+        if found is None:
+            raise
+        return Outcome(chooser.labels(), found, steps, chooser.points)
     return Outcome(chooser.labels(), None, steps, chooser.points)
 
 
@@ -245,5 +303,7 @@ def shrink(factory: Factory, schedule: Sequence[str]) -> Outcome:
     return final
 
 
-def _kind(e: SimError | None) -> tuple[str, int | None]:
-    return (type(e).__name__, getattr(e, "invariant", None))
+def _kind(e: SimError | None) -> tuple[str, int | None, str | None]:
+    """What makes two failures the same: the error's type, its invariant, and for an
+    exception from a design's code, where it was raised."""
+    return (type(e).__name__, getattr(e, "invariant", None), getattr(e, "where", None))

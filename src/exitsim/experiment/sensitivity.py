@@ -50,6 +50,9 @@ SCALES: dict[str, tuple[float, float]] = {
     "assumption": (0.25, 4.0),
     "sourced": (0.5, 2.0),
     "measured": (0.5, 2.0),
+    # A fitted value absorbs whatever the model leaves out (docs/calibration.md): as
+    # uncertain as an assumption.
+    "fitted": (0.25, 4.0),
 }
 
 #: The first suspects, in the default set whatever their source. The arm64 broadcast
@@ -123,10 +126,12 @@ def param_range(profile: CostProfile, key: str) -> Range | None:
 
 
 def default_params(profile: CostProfile) -> list[str]:
-    """``SUSPECTS`` and every key the profile marks an assumption, in ``COST_KEYS``
-    order."""
+    """``SUSPECTS`` and every key the profile marks an assumption or fitted, in
+    ``COST_KEYS`` order."""
     return [
-        k for k in COST_KEYS if k in SUSPECTS or source_kind(profile.sources[k]) == "assumption"
+        k
+        for k in COST_KEYS
+        if k in SUSPECTS or source_kind(profile.sources[k]) in ("assumption", "fitted")
     ]
 
 

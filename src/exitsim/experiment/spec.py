@@ -325,8 +325,11 @@ def _workload(
             name, base = to_config(load_workload_file(here / w.file))
         except WorkloadFileError as e:
             raise fail("workload.file", str(e)) from None
-        if name == TREE and w.params:
-            raise fail("workload.params", f"{w.file} is a process tree, it has no parameters")
+        if name == TREE and set(w.params) - {"jobs"}:
+            raise fail(
+                "workload.params",
+                f"{w.file} is a process tree, its only parameter is jobs (make -jN)",
+            )
     elif name not in WORKLOADS:
         raise fail("workload.name", f"unknown workload {name!r} (exitsim list)")
     fixed = dict(base)

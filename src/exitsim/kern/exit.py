@@ -239,7 +239,9 @@ def exit1(k: Kernel, p: Proc, xexit: int, xsig: int, flags: int) -> KPath:
         if parent is not None and parent.ps_sigflags & SAS_NOCLDWAIT:
             pr.ps_flags |= PS_NOZOMBIE
         if not p.p_flag & P_SYSTEM:
+            start = k.now
             yield from k.policy.exit1_teardown(k, p)
+            k.meters.add_teardown(pr, k.now - start)
     # 8. NOTE: WE ARE NO LONGER ALLOWED TO SLEEP!
     p.p_stat = SDEAD
     p.nosleep = True
@@ -378,7 +380,9 @@ def reaper(k: Kernel, p: Proc) -> KPath:
         else:
             pr = q.p_p
             assert pr is not None
+            start = k.now
             yield from pol.reaper_uvm_exit(k, p, pr)
+            k.meters.add_teardown(pr, k.now - start)
             if not pol.reaper_locked:
                 yield from KERNEL_LOCK(k)
             make_zombie(k, p, pr)

@@ -73,6 +73,9 @@ class Meters:
     def __init__(self, k: Kernel) -> None:
         self.k = k
         self.records: dict[int, ExitRecord] = {}
+        #: Per pid, the wall time its address space's teardown took, wherever the
+        #: design runs it (exit1, the reaper, or both): what Linux's exit_mm is timed as.
+        self.teardown_ns: dict[int, int] = {}
         self.backlog = Level()  # threads on deadproc waiting for the reaper
         self.zombies = Level()  # processes that are PS_ZOMBIE and not yet waited for
         self.held_pages = Level()  # pages mapped by processes that began exiting
@@ -90,6 +93,10 @@ class Meters:
 
     def _unmapped(self, pm: Pmap, npages: int) -> None:
         self.held_pages.add(self.k.now, -npages)
+
+    def add_teardown(self, pr: Process, ns: int) -> None:
+        """``pr``'s teardown ran for ``ns`` more nanoseconds of wall time."""
+        self.teardown_ns[pr.ps_pid] = self.teardown_ns.get(pr.ps_pid, 0) + ns
 
     def record_exit(self, pr: Process) -> ExitRecord:
         rec = ExitRecord(

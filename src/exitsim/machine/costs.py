@@ -165,12 +165,15 @@ class CostProfile:
 
 def source_kind(source: str) -> str:
     """What backs a number: ``assumption`` (its source says so), ``measured`` (measured
-    here by a command) or ``sourced`` (a cost-anchors row, an OpenBSD file, ...)."""
+    here by a command), ``fitted`` (fitted by exitsim fit to published figures) or
+    ``sourced`` (a cost-anchors row, an OpenBSD file, ...)."""
     s = source.lstrip().lower()
     if s.startswith("assumption"):
         return "assumption"
     if s.startswith("measured"):
         return "measured"
+    if s.startswith("fitted"):
+        return "fitted"
     return "sourced"
 
 

@@ -276,6 +276,9 @@ def _command(results: list[dict[str, Any]], single: bool) -> str | None:
         if tree is None:
             return None
         args += ["--workload", tree[0]]
+        jobs = (cfg.get("workload_params") or {}).get("jobs")
+        if jobs is not None:
+            args += ["--param", f"jobs={jobs}"]
     else:
         if cfg["workload"] != "build":
             args += ["--workload", cfg["workload"]]

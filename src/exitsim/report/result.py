@@ -93,6 +93,7 @@ def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
     lat = [r.latency_ns for r in recs if r.latency_ns is not None]
     reaper = k.reaper_proc
     m = k.meters
+    teardown = [m.teardown_ns.get(r.pid, 0) for r in recs]
     return {
         "schema": SCHEMA_VERSION,
         "config": cfg.as_dict() | {"policy": k.policy.name},
@@ -110,6 +111,8 @@ def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
             "exit_latency_ns_p50": percentile(lat, 0.5),
             "exit_latency_ns_p99": percentile(lat, 0.99),
             "exit_latency_ns_max": max(lat) if lat else 0,
+            "teardown_ns_p50": percentile(teardown, 0.5),
+            "teardown_ns_p99": percentile(teardown, 0.99),
             "waited_for": len(lat),
             "wait4_sys_ns_total": sum(sys_ns),
             "wait4_user_ns_total": sum(r.user_ns for r in recs),
@@ -153,6 +156,7 @@ def build_result(k: Kernel, cfg: SimConfig) -> dict[str, Any]:
                 "thread_user_ns": r.thread_user_ns,
                 "thread_sys_ns": r.thread_sys_ns,
                 "exit_latency_ns": r.latency_ns,
+                "teardown_ns": m.teardown_ns.get(r.pid, 0),
                 "resident_pages": r.resident_pages_at_exit,
             }
             for r in recs

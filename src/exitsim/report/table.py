@@ -112,3 +112,18 @@ def params_text(cfg: dict[str, Any]) -> str:
 def workload_text(cfg: dict[str, Any]) -> str:
     """A config's workload and its parameters: ``build (jobs=8)``."""
     return f"{cfg.get('workload')} ({params_text(cfg)})"
+
+
+def validation_rows(record: dict[str, Any], title: str) -> Rows:
+    """``exitsim validate``'s record: each figure measured, predicted, and the error."""
+    body = []
+    for r in record["rows"]:
+        meas = "-" if r["measured"] is None else f"{r['measured']:,.1f}"
+        err = "-" if r["error"] is None else f"{r['error'] * 100:+.1f}%"
+        body.append([r["figure"], r["unit"], meas, f"{r['predicted']:,.1f}", err])
+    return title, ["figure", "unit", "measured", "predicted", "error"], body
+
+
+def validation_table(record: dict[str, Any], title: str) -> Table:
+    """``validation_rows`` as a terminal table."""
+    return _rich(validation_rows(record, title))

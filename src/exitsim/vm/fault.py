@@ -67,7 +67,16 @@ def _fault_unit(uvm: Uvm, p: Thread, vm: Vmspace, vpn: int, n: int, write: bool)
     c = uvm.costs
     map = vm.vm_map
     uvm.counters.faults += n
-    yield Run(c.fault_ns * n)  # a range-mode unit stands for n page faults
+    if uvm.fault_kernel_lock:
+        # Before faults ran unlocked, the trap handler held the kernel lock around
+        # uvm_fault: one hold per page fault. The hold covers the trap and lookups
+        # (fault_ns), not the page work below, which a range-mode unit does at once.
+        for _ in range(n):
+            yield Acquire(uvm.kernel_lock)
+            yield Run(c.fault_ns)
+            yield Release(uvm.kernel_lock)
+    else:
+        yield Run(c.fault_ns * n)  # a range-mode unit stands for n page faults
     while True:
         yield from vm_map_lock_read(map)
         e = map.lookup(vpn)

@@ -93,6 +93,9 @@ class Uvm:
         #: detach) and takes it again for pmap_destroy. From 1.330 (2024-07-24) it
         #: does no kernel-lock work at all. Set from the design (``Policy``).
         self.teardown_drops_kernel_lock = False
+        #: Page faults take the kernel lock, one hold per page (SimConfig's
+        #: fault_kernel_lock: the kernels before faults were unlocked).
+        self.fault_kernel_lock = False
         self.kernel_lock = kernel_lock
         #: The free-page lock (``uvm.fpageqlock``): held while pages go into or come out
         #: of the pmemrange trees (a magazine refill or drain, a page-list free).

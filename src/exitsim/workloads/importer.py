@@ -10,6 +10,7 @@ threads, its resident sizes at exit and its exit status.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from exitsim.workloads.bpftrace import BpfTask, TaskExit, process_tree, read_bpftrace
+from exitsim.workloads.btrace import read_btrace
 from exitsim.workloads.spec import (
     MAX_ANON_PAGES,
     MAX_FILE_PAGES,
@@ -113,55 +115,109 @@ def import_trace(
     name: str | None = None,
     lenient: bool = False,
     recorded: bool = False,
+    btrace_path: str | Path | None = None,
 ) -> ImportResult:
     """Read the captures and build the tree; TraceError on a bad line (strict) or an
-    unusable capture. ``recorded``: the captures are exitsim record's temporary
-    files, so the workload names the command rather than them."""
-    cap = read_strace(strace_path, lenient)
+    unusable capture. ``strace_path`` is strace's text, or OpenBSD kdump's (told apart
+    by its first line, ``_is_kdump``); a bpftrace capture goes with strace, a btrace
+    capture (btrace.py) with kdump. ``recorded``: the captures are exitsim record's
+    temporary files, so the workload names the command rather than them."""
     warnings: list[str] = []
-    if cap.skipped:
-        warnings.append(
-            f"{cap.path}: skipped {_count(cap.skipped, 'line')} that could not be parsed"
-        )
-    procs = _from_strace(cap)
-    end = cap.end
-    bt_name = None
-    if bpftrace_path is not None:
-        bcap = read_bpftrace(bpftrace_path, lenient)
-        bt_name = Path(bcap.path).name
-        if bcap.skipped:
-            warnings.append(
-                f"{bcap.path}: skipped {_count(bcap.skipped, 'line')} that could not be parsed"
-            )
-        known = {t for p in procs.values() for t in p.tids} | set(procs)
-        tasks = process_tree(bcap, cap.first_tid, known)
-        end = max(end, _join_bpf(procs, tasks, warnings))
-    unexited = _finish(procs, cap.first_tid, end, warnings)
-    where = cap.path + (f" and {bpftrace_path}" if bpftrace_path is not None else "")
-    rows = _rows(procs, cap.first_tid, where)
-    root = procs[cap.first_tid]
+    side_name = None
+    if _is_kdump(strace_path, lenient):
+        # kdump builds this module's Traced rows, so it is imported here, not above.
+        from exitsim.workloads.kdump import join_btrace, read_kdump
+
+        if bpftrace_path is not None:
+            raise TraceError(f"{bpftrace_path}: --bpftrace goes with strace; kdump takes --btrace")
+        kcap = read_kdump(strace_path, lenient)
+        path, tool, side = kcap.path, "kdump", "btrace"
+        procs, first, start, end = kcap.processes, kcap.root, kcap.start, kcap.end
+        _skipped(warnings, path, kcap.skipped)
+        warnings += kcap.notes
+        if btrace_path is not None:
+            btcap = read_btrace(btrace_path, lenient)
+            side_name = Path(btcap.path).name
+            _skipped(warnings, btcap.path, btcap.skipped)
+            join_btrace(kcap, btcap, warnings)
+    else:
+        if btrace_path is not None:
+            raise TraceError(f"{btrace_path}: --btrace goes with kdump; strace takes --bpftrace")
+        cap = read_strace(strace_path, lenient)
+        path, tool, side = cap.path, "strace", "bpftrace"
+        procs, first, start, end = _from_strace(cap), cap.first_tid, cap.start, cap.end
+        _skipped(warnings, path, cap.skipped)
+        if bpftrace_path is not None:
+            bcap = read_bpftrace(bpftrace_path, lenient)
+            side_name = Path(bcap.path).name
+            _skipped(warnings, bcap.path, bcap.skipped)
+            known = {t for p in procs.values() for t in p.tids} | set(procs)
+            tasks = process_tree(bcap, first, known)
+            end = max(end, _join_bpf(procs, tasks, warnings))
+    side_path = bpftrace_path if bpftrace_path is not None else btrace_path
+    unexited = _finish(procs, first, end, warnings)
+    where = path + (f" and {side_path}" if side_path is not None else "")
+    rows = _rows(procs, first, where)
+    root = procs[first]
     programs = len({p.program for p in procs.values() if p.program})
-    span_ms = _ms(end - (root.birth or cap.start))
-    st_name = Path(cap.path).name
+    span_ms = _ms(end - (root.birth or start))
+    st_name = Path(path).name
     if recorded:
         origin = "Recorded with exitsim record"
-        source = "exitsim record: strace" + (" and bpftrace" if bt_name else "")
+        source = "exitsim record: strace" + (" and bpftrace" if side_name else "")
     else:
-        origin = f"Imported from {st_name}" + (f" and {bt_name}" if bt_name else "")
-        source = f"strace {st_name}" + (f"; bpftrace {bt_name}" if bt_name else "")
-    desc = _description(origin, bt_name is not None, root, len(rows), programs, span_ms, unexited)
+        origin = f"Imported from {st_name}" + (f" and {side_name}" if side_name else "")
+        source = f"{tool} {st_name}" + (f"; {side} {side_name}" if side_name else "")
+    notes = _notes(tool, side, side_name is not None)
+    desc = _description(origin, notes, root, len(rows), programs, span_ms, unexited)
     data: dict[str, Any] = {
         "format": 1,
-        "name": name or st_name.removesuffix(".strace"),
+        "name": name or st_name.removesuffix(".strace").removesuffix(".kdump"),
         "description": desc,
         "source": source,
         "process": rows,
     }
     try:
-        spec = parse_workload(data, f"import of {cap.path}")
+        spec = parse_workload(data, f"import of {path}")
     except WorkloadFileError as e:
         raise TraceError(f"the imported tree is not valid (a bug in the importer): {e}") from None
     return ImportResult(spec, warnings, span_ms)
+
+
+#: The start of an strace line (``TID TIME`` or ``[pid TID] TIME``), to tell it from
+#: kdump's; any time form, so that strace's reader can say what is wrong with it.
+_STRACE_START = re.compile(r"(?:\[pid\s+\d+\]|\d+)\s+[\d:.]+\s")
+
+
+def _skipped(warnings: list[str], path: str, skipped: int) -> None:
+    if skipped:
+        warnings.append(f"{path}: skipped {_count(skipped, 'line')} that could not be parsed")
+
+
+def _is_kdump(path: str | Path, lenient: bool) -> bool:
+    """Whether the capture is kdump's text (else strace's), by its first line that is
+    either; strict, that must be its first line. A file that cannot be read is left
+    to the reader to report."""
+    from exitsim.workloads.kdump import is_kdump_line
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                text = line.rstrip()
+                if not text.strip():
+                    continue
+                if _STRACE_START.match(text):
+                    return False
+                if is_kdump_line(text):
+                    return True
+                if not lenient:
+                    raise TraceError(
+                        f"{path}:{n}: neither strace output (`strace -f -ttt`) nor kdump "
+                        f"output (`kdump -TH`): {text[:60]!r}"
+                    )
+    except (OSError, UnicodeDecodeError):
+        pass
+    return False
 
 
 def _ms(ns: int) -> float:
@@ -496,9 +552,28 @@ def _after(parent: Traced, kid: Traced, procs: dict[int, Traced]) -> list[int]:
     ]
 
 
+def _notes(tool: str, side: str, sizes: bool) -> list[str]:
+    """What the description says of the sizes, and of the system calls."""
+    if not sizes:
+        size = (
+            f"No {side} capture: every process is given the default resident size "
+            f"(file {DEFAULT_FILE_PAGES}, anon {DEFAULT_ANON_PAGES} pages, an assumption)."
+        )
+    elif tool == "kdump":
+        size = (
+            "anon_pages and file_pages are the page faults btrace counted since each "
+            "process's last exec (write; read and exec), not resident sizes."
+        )
+    else:
+        size = "Resident sizes are the bpftrace X lines (resident at exit)."
+    if tool == "kdump":
+        return [size, "syscalls are empty: only the process-management calls are read."]
+    return [size, "syscalls are empty: the trace holds only process-management calls."]
+
+
 def _description(
     origin: str,
-    sizes: bool,
+    notes: list[str],
     root: Traced,
     processes: int,
     programs: int,
@@ -512,17 +587,11 @@ def _description(
         + f", {_count(processes, 'process')}, {_count(programs, 'program')}, {span_ms:.1f} ms.",
         "user_ms is each process's lifetime less the time it slept waiting for children.",
     ]
-    if sizes:
-        parts.append("Resident sizes are the bpftrace X lines (resident at exit).")
-    else:
-        parts.append(
-            "No bpftrace capture: every process is given the default resident size "
-            f"(file {DEFAULT_FILE_PAGES}, anon {DEFAULT_ANON_PAGES} pages, an assumption)."
-        )
+    parts.append(notes[0])
     if unexited:
         parts.append(
             f"{_count(unexited, 'process')} had not exited when the capture ended; "
             "here they exit at its end."
         )
-    parts.append("syscalls are empty: the trace holds only process-management calls.")
+    parts += notes[1:]
     return " ".join(parts)

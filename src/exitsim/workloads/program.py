@@ -87,6 +87,9 @@ class Program:
     locked_calls: int
     unlocked_calls: int
     stack_pages: int = 16
+    #: Named calls made between returns to user space, ``(call, count)``; when given,
+    #: they replace the ``open``/``read`` stand-ins of ``locked_calls``/``unlocked_calls``.
+    mix: tuple[tuple[str, int], ...] = ()
 
     def image(self) -> Image:
         return Image(
@@ -142,10 +145,36 @@ def compute(k: Kernel, p: Proc, user_ns: int, locked: int, unlocked: int) -> KPa
     yield from userret(k, p)
 
 
+def spread(mix: tuple[tuple[str, int], ...]) -> list[str]:
+    """The calls of ``mix`` in one order that spreads each name evenly through the
+    run: the i-th of n calls of a name sits at (i + 1/2) / n of the way, ties in the
+    order of ``mix``. Deterministic, so a run is the same for the same program."""
+    marks = [((i + 0.5) / n, rank, name) for rank, (name, n) in enumerate(mix) for i in range(n)]
+    return [name for _, _, name in sorted(marks)]
+
+
+def compute_mix(k: Kernel, p: Proc, user_ns: int, mix: tuple[tuple[str, int], ...]) -> KPath:
+    """``user_ns`` of user time cut by the named calls of ``mix``, spread evenly (each
+    return to user space passes ``userret``, as in ``compute``)."""
+    calls = spread(mix)
+    chunk = user_ns // (len(calls) + 1)
+    left = user_ns
+    for name in calls:
+        yield user(chunk)
+        left -= chunk
+        yield from syscall(k, p, name)
+        yield from userret(k, p)
+    yield user(max(left, 1))
+    yield from userret(k, p)
+
+
 def run_program(k: Kernel, p: Proc, prog: Program) -> KPath:
     """After exec: fault the image in, then compute with system calls in between."""
     yield from fault_in(k, p, prog)
-    yield from compute(k, p, prog.user_ns, prog.locked_calls, prog.unlocked_calls)
+    if prog.mix:
+        yield from compute_mix(k, p, prog.user_ns, prog.mix)
+    else:
+        yield from compute(k, p, prog.user_ns, prog.locked_calls, prog.unlocked_calls)
 
 
 def exec_and_run(k: Kernel, p: Proc, prog: Program) -> KPath:

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from exitsim.workloads.bigexit import BigexitParams, start_bigexit
 from exitsim.workloads.build import BuildParams, start_build
+from exitsim.workloads.cbuild import CBuildParams, OpenBSDKernelParams, start_cbuild
 from exitsim.workloads.configure import ConfigureParams, start_configure
 from exitsim.workloads.forkstorm import ForkstormParams, start_forkstorm
 from exitsim.workloads.shm import ShmParams, start_shm
@@ -43,6 +44,16 @@ class Generator:
 WORKLOADS: dict[str, Generator] = {
     "build": Generator(
         "make -jN of compile jobs: sh -> cc -> cc1, as (the default)", BuildParams, start_build
+    ),
+    "cbuild": Generator(
+        "a C build as captured: units gcc -> cc1, as with their file calls; ar, link",
+        CBuildParams,
+        start_cbuild,
+    ),
+    "openbsd-kernel": Generator(
+        "cbuild shaped like a GENERIC.MP kernel build: 1,000 units, then ld -o bsd",
+        OpenBSDKernelParams,
+        start_cbuild,
     ),
     "forkstorm": Generator(
         "fork+exit and fork+exec+exit loops on every CPU (lmbench lat_proc)",

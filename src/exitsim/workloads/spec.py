@@ -108,6 +108,15 @@ class GeneratorSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ReplaySpec(_Strict):
+    """``[replay]``: how a process tree is replayed (workloads/tree.py). ``jobs``:
+    make's children scheduled again as ``make -j<jobs>``; ``--param jobs=N`` overrides
+    it. A table of its own, not a top-level key, so it cannot be read as a
+    generator's ``jobs``."""
+
+    jobs: Annotated[int, Field(ge=1)] | None = None
+
+
 class WorkloadSpec(_Strict):
     """A whole file."""
 
@@ -116,6 +125,7 @@ class WorkloadSpec(_Strict):
     description: str = ""
     source: str = ""
     generator: GeneratorSpec | None = None
+    replay: ReplaySpec | None = None
     process: list[ProcessSpec] | None = None
 
     @model_validator(mode="after")
@@ -124,6 +134,15 @@ class WorkloadSpec(_Strict):
             raise ValueError("give exactly one of [generator] and [[process]]")
         if self.process is not None:
             check_tree(self.process)
+        if self.replay is not None and self.replay.jobs is not None:
+            if self.process is None:
+                raise ValueError("replay: only for a [[process]] tree")
+            from exitsim.workloads.tree import check_jobs
+
+            try:
+                check_jobs(self.process)
+            except ValueError as e:
+                raise ValueError(f"replay.{e}") from None
         return self
 
 
@@ -229,10 +248,13 @@ def to_config(spec: WorkloadSpec) -> tuple[str, dict[str, Any]]:
     if spec.generator is not None:
         return spec.generator.name, spec.generator.params()
     assert spec.process is not None
-    return TREE, {
+    params: dict[str, Any] = {
         "name": spec.name,
         "process": [p.model_dump(exclude_defaults=True) for p in spec.process],
     }
+    if spec.replay is not None and spec.replay.jobs is not None:
+        params["jobs"] = spec.replay.jobs
+    return TREE, params
 
 
 def dump_workload(spec: WorkloadSpec) -> str:

@@ -2,11 +2,14 @@
 
 Strict (the default): the first bad line stops the import with ``FILE:LINE: what is
 wrong``, so a truncated or mixed-up capture is never half-imported without notice.
-Lenient: bad lines are skipped and counted, and the count is reported.
+Lenient: bad lines are skipped and counted, and the count is reported. A file whose
+name ends in ``.gz`` is read through gzip.
 """
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +43,13 @@ class Lines:
         self.lenient = lenient
         self.skipped = 0
         try:
-            self.text = Path(path).read_text(encoding="utf-8")
+            raw = Path(path).read_bytes()
+            # A capture may be shipped gzipped (a build's full strace runs to megabytes).
+            if self.path.endswith(".gz"):
+                raw = gzip.decompress(raw)
+            self.text = raw.decode("utf-8")
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise TraceError(f"{path}: not a whole gzip file ({e})") from None
         except OSError as e:
             raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
         except UnicodeDecodeError:

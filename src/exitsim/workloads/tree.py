@@ -19,11 +19,38 @@ Simplifications, each for a reason:
 - Extra ``threads`` are workers that compute until the process exits and kills them
   (a server's threads): the case pmap_purge's wait for siblings is about.
 - A parent waits for every child before it exits, so nothing is orphaned.
+
+Replaying at another parallelism (``jobs``, docs/workloads.md). An imported ``make -jN``
+keeps its slot limit in ``after``: each job waits for the one that finished before it
+was forked. With ``jobs`` set, the children of every make process (program base name in
+MAKE_PROGRAMS) are scheduled again as ``make -j<jobs>`` would: up to ``jobs`` of them
+run at once, forked in the capture's order, the next as soon as one is reaped. The
+capture has no makefile, so which waits were prerequisites and which were a full slot
+table is read from the one piece of evidence it has, the set of make's children still
+running at each fork (``after`` says which were reaped before it):
+- a child forked while none of its earlier siblings ran is a *barrier* (make ran
+  nothing else beside it, as it does for a target that needs all before it, a link
+  after its objects): it waits for every earlier child;
+- the children after a barrier, up to the next, are a group: they wait for every child
+  before the barrier and for the barrier itself if the capture had reaped it before
+  forking them (one forked while the barrier ran cannot have needed it), and not for
+  each other (a -jN capture forks them in the order of its freed slots, which is no
+  evidence of a dependency); the first group, before any barrier, waits for nothing.
+Limits: a prerequisite forked while an unrelated job still ran is not a barrier (the
+Lua capture's ``ar`` and ``ranlib`` ran beside the compile of ``lua.c``), so widened it
+may start before the jobs it needed are done; a -j1 capture makes every child a barrier
+and cannot be widened (``jobs_warnings`` says so); narrowing a -jN capture to fewer jobs
+keeps its order exactly. Each make has its own ``jobs`` (GNU make's jobserver shares
+them across a recursive make). ``start_ms`` stays the earliest fork point: make's own
+time between spawns (reading, stat'ing, deciding) is serial in a real make too, and the
+capture's offsets are the only measure of it (inflated by strace's stops, as every
+``user_ms`` is). ``after`` of processes other than make's children is kept as it is.
+Without ``jobs`` the replay is the capture's structure exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from exitsim.engine.ops import Run
@@ -57,8 +84,89 @@ if TYPE_CHECKING:
 WORKER_SLICE_NS = 1_000_000
 
 
+#: The programs (base names) whose children a ``jobs`` replay schedules as jobs.
+MAKE_PROGRAMS = frozenset({"make", "gmake", "bmake"})
+
+
 def ns(ms: float) -> int:
     return round(ms * 1_000_000)
+
+
+def is_make(ps: ProcessSpec) -> bool:
+    return ps.program is not None and ps.program.rsplit("/", 1)[-1] in MAKE_PROGRAMS
+
+
+def barriers(children: Sequence[ProcessSpec]) -> list[bool]:
+    """Per child of a make, in fork order: was it forked with none of its earlier
+    siblings running (all of them named in its or an earlier sibling's ``after``)? The
+    first child has no earlier sibling to have waited for, so it is not one."""
+    reaped: set[int] = set()
+    out = []
+    for i, c in enumerate(children):
+        reaped.update(c.after)  # ids of earlier siblings only (check_tree)
+        out.append(i > 0 and len(reaped) == i)
+    return out
+
+
+def job_prefixes(children: Sequence[ProcessSpec]) -> list[int]:
+    """Per child of a make, how many of its first siblings (in fork order) must be
+    reaped before it is forked under ``jobs``: a barrier, all before it; a child of a
+    barrier's group, all before the barrier, and the barrier too if the capture had
+    reaped it by then; a child of the first group, none (module docstring)."""
+    out = []
+    group = 0  # index of the latest barrier; 0: the first group, which has none
+    reaped: set[int] = set()
+    for i, (c, barrier) in enumerate(zip(children, barriers(children), strict=True)):
+        reaped.update(c.after)
+        if barrier:
+            group = i
+            out.append(i)
+        elif group == 0:
+            out.append(0)
+        else:
+            out.append(group + 1 if children[group].id in reaped else group)
+    return out
+
+
+def replay_jobs(params: dict[str, Any]) -> int | None:
+    """The ``jobs`` of a tree's parameters: None when not given, else a whole number
+    of at least 1 (ValueError otherwise; a bool is not a number here)."""
+    if "jobs" not in params:
+        return None
+    jobs = params["jobs"]
+    if type(jobs) is not int or jobs < 1:
+        raise ValueError(f"jobs: must be a whole number, at least 1 (got {jobs!r})")
+    return jobs
+
+
+def check_jobs(procs: Sequence[ProcessSpec]) -> None:
+    """``jobs`` needs a make whose children it schedules: refused (ValueError) for a
+    tree without one, where it would silently change nothing."""
+    if not any(is_make(ps) for ps in procs):
+        names = ", ".join(sorted(MAKE_PROGRAMS))
+        raise ValueError(f"jobs: the tree has no make process ({names}) to schedule")
+
+
+def jobs_warnings(procs: Sequence[ProcessSpec], jobs: int) -> list[str]:
+    """What ``jobs`` cannot do for this tree, one line each: a make whose children
+    the capture ran one at a time (every one a barrier: a -j1 capture) is replayed one
+    at a time whatever ``jobs`` is."""
+    if jobs < 2:
+        return []
+    kids: dict[int, list[ProcessSpec]] = {}
+    for ps in procs:
+        if ps.parent is not None:
+            kids.setdefault(ps.parent, []).append(ps)
+    out = []
+    for ps in procs:
+        children = kids.get(ps.id, [])
+        if is_make(ps) and len(children) > 1 and all(barriers(children)[1:]):
+            out.append(
+                f"{ps.name} (id {ps.id}) ran its {len(children)} children one at a time "
+                f"in the capture (a -j1 build): each waits for the one before, so "
+                f"jobs={jobs} cannot run them side by side"
+            )
+    return out
 
 
 def text_resident(ps: ProcessSpec) -> int:
@@ -85,8 +193,13 @@ def program_of(ps: ProcessSpec, text_size: int) -> Program:
 class TreeReplay:
     """The state one replay shares across its processes."""
 
-    def __init__(self, k: Kernel, procs: list[ProcessSpec]) -> None:
+    def __init__(self, k: Kernel, procs: list[ProcessSpec], jobs: int | None = None) -> None:
         self.k = k
+        self.jobs = jobs
+        #: Per spec id, when its parent's fork returned and when its wait4 reaped it:
+        #: what the replay did, for tests to read (no effect on the run).
+        self.forked_ns: dict[int, int] = {}
+        self.reaped_ns: dict[int, int] = {}
         self.children: dict[int, list[ProcessSpec]] = {}
         self.roots: list[ProcessSpec] = []
         self.text_size: dict[str, int] = {}
@@ -99,6 +212,12 @@ class TreeReplay:
             else:
                 self.children.setdefault(ps.parent, []).append(ps)
         self.shm: dict[str, ShmSegment] = {}
+        #: Per make process under ``jobs``, its children's job_prefixes.
+        self.prefixes: dict[int, list[int]] = {}
+        if jobs is not None:
+            for ps in procs:
+                if is_make(ps):
+                    self.prefixes[ps.id] = job_prefixes(self.children.get(ps.id, []))
 
     def start(self) -> None:
         for ps in self.roots:
@@ -188,14 +307,30 @@ class TreeReplay:
             if child is None:
                 raise RuntimeError(f"{ps.name}: wait4 found no child")
             reaped.add(spec_of[child.ps_pid])
+            self.reaped_ns[spec_of[child.ps_pid]] = k.now
 
-        for c in self.children.get(ps.id, ()):
+        children = self.children.get(ps.id, [])
+        prefixes = self.prefixes.get(ps.id)
+        done = 0  # children[:done] are all reaped (make under jobs)
+        for i, c in enumerate(children):
             yield from run_until(min(ns(c.start_ms), own))
-            for a in c.after:
-                while a not in reaped:
+            if prefixes is None:
+                for a in c.after:
+                    while a not in reaped:
+                        yield from wait_one()
+            else:
+                # make -j<jobs>: the capture's prerequisites, then a free slot.
+                assert self.jobs is not None
+                while done < prefixes[i]:
+                    if children[done].id in reaped:
+                        done += 1
+                    else:
+                        yield from wait_one()
+                while len(spec_of) - len(reaped) >= self.jobs:
                     yield from wait_one()
             child = yield from fork1(k, p, c.name, self._body(c, heap))
             spec_of[child.ps_pid] = c.id
+            self.forked_ns[c.id] = k.now
         yield from run_until(own)
         if calls_done != [locked, unlocked]:
             lk, ul = locked - calls_done[0], unlocked - calls_done[1]
@@ -213,7 +348,14 @@ def tree_specs(params: dict[str, Any]) -> list[ProcessSpec]:
     return procs
 
 
-def start_tree(k: Kernel, params: dict[str, Any], seed: int) -> None:
-    """Put the tree's roots on the machine; the seed is unused (a tree is explicit)."""
+def start_tree(k: Kernel, params: dict[str, Any], seed: int) -> TreeReplay:
+    """Put the tree's roots on the machine, its makes at ``params``' ``jobs`` if
+    given; the seed is unused (a tree is explicit). Returns the replay."""
     del seed
-    TreeReplay(k, tree_specs(params)).start()
+    procs = tree_specs(params)
+    jobs = replay_jobs(params)
+    if jobs is not None:
+        check_jobs(procs)
+    replay = TreeReplay(k, procs, jobs)
+    replay.start()
+    return replay
