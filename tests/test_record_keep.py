@@ -8,16 +8,19 @@ import os
 import re
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from exitsim.cli import main
+from exitsim.workloads.importer import import_trace
 from exitsim.workloads.strace import Call, exec_path, read_strace
 from tests.clikit import assert_usage_error
 
 COMMAND = ["sh", "-c", "true; true"]
+ZLIB = Path(__file__).parents[1] / "data" / "captures" / "zlib-make-j2"
 
 
 def test_keep_writes_the_strace_and_the_rusage(
@@ -49,6 +52,19 @@ def test_keep_writes_the_strace_and_the_rusage(
     # The layout is fixed: sorted keys, two-space indent, a final newline.
     text = (keep / "tiny.rusage.json").read_text()
     assert text == json.dumps(data, indent=2, sort_keys=True) + "\n"
+    # The shipped zlib capture was written by this same code.
+    shipped = json.loads((ZLIB / "zlib-make-j2.rusage.json").read_text())
+    assert shipped.keys() == data.keys() and shipped["what"] == data["what"]
+    assert shipped["command"] == ["make", "-j2"] and shipped["bpftrace"] is True
+
+
+def test_the_shipped_zlib_capture_imports_as_its_readme_says() -> None:
+    result = import_trace(ZLIB / "zlib-make-j2.strace", ZLIB / "zlib-make-j2.bpftrace.txt")
+    procs = result.spec.process or []
+    assert len(procs) == 177
+    comms = Counter(p.comm for p in procs)
+    assert (comms["cc1"], comms["as"], comms["gcc"], comms["ld"]) == (34, 34, 41, 7)
+    assert all(p.file_pages + p.anon_pages > 0 for p in procs)
 
 
 def test_keep_reports_a_failing_command_status(tmp_path: Path) -> None:

@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=5, help="seeds of the check after the fit (default 5)"
     )
     fi.add_argument(
+        "--passes", type=int, default=3, help="passes over the fitted targets (default 3)"
+    )
+    fi.add_argument(
         "-o",
         "--output-dir",
         metavar="DIR",
@@ -1344,7 +1347,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"exitsim: fit: {line}", file=sys.stderr)
 
-    res = fit(args.units, args.reading, log=log)
+    if not 1 <= args.passes <= 10:
+        raise UsageError(f"--passes must be from 1 to 10 (got {args.passes})")
+    res = fit(args.units, args.reading, log=log, passes=args.passes)
     checks = check(res, range(args.seeds))
     for c in checks:
         print(
@@ -1365,6 +1370,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         record = {
             "units": res.units,
             "reading": res.reading,
+            "passes": args.passes,
             "multipliers": res.multipliers,
             "bounded": res.bounded,
             "evaluations": res.evaluations,

@@ -146,7 +146,7 @@ TARGETS: tuple[Target, ...] = (
 
 #: Whether the published builds' page faults took the kernel lock.
 READINGS = {"locked-faults": True, "unlocked-faults": False}
-PASSES = 2
+PASSES = 3
 #: Bisection steps per solve: the bracket [LOW, HIGH] is 2^14 wide, so 10 halvings
 #: leave a factor of about 2^(14/1024) ~ 1%.
 STEPS = 10
@@ -192,9 +192,10 @@ def fit(
     reading: str = "locked-faults",
     targets: Iterable[Target] = TARGETS,
     log: Callable[[str], None] = lambda s: None,
+    passes: int = PASSES,
 ) -> FitResult:
     """Each fitted target's multiplier by bisection on its logarithm, the others
-    held, in turn for PASSES passes. A metric that stays above (below) its target
+    held, in turn for ``passes`` passes. A metric that stays above (below) its target
     over the whole bracket leaves its multiplier at LOW (HIGH): reported as bounded."""
     fitted = [t for t in targets if t.fits]
     mult = {g: 1.0 for g in GROUPS}
@@ -208,7 +209,7 @@ def fit(
             cache[key] = simulate(cfg)
         return t.metric(cache[key])
 
-    for n in range(1, PASSES + 1):
+    for n in range(1, passes + 1):
         for t in fitted:
             assert t.fits is not None
             lo, hi = math.log(LOW), math.log(HIGH)

@@ -80,7 +80,7 @@ MAX_SIGMA = 3.0
 _SIGMAS = tuple((name, MAX_SIGMA) for name in ("cc1_user_sigma", "as_user_sigma", "cc1_anon_sigma"))
 
 
-def _lognormal_ns(rng: random.Random, median_ms: float, sigma: float) -> int:
+def lognormal_ns(rng: random.Random, median_ms: float, sigma: float) -> int:
     return max(1, int(median_ms * 1e6 * math.exp(rng.gauss(0.0, sigma))))
 
 
@@ -89,8 +89,8 @@ def job_programs(params: BuildParams, seed: int, job: int) -> dict[str, Program]
     whatever the schedule."""
     rng = random.Random(f"{seed}:build:{job}")
     cc1_heap = max(64, int(params.cc1_anon_pages * math.exp(rng.gauss(0.0, params.cc1_anon_sigma))))
-    cc1_ns = _lognormal_ns(rng, params.cc1_user_ms, params.cc1_user_sigma)
-    as_ns = _lognormal_ns(rng, params.as_user_ms, params.as_user_sigma)
+    cc1_ns = lognormal_ns(rng, params.cc1_user_ms, params.cc1_user_sigma)
+    as_ns = lognormal_ns(rng, params.as_user_ms, params.as_user_sigma)
     return {
         "sh": Program("sh", 290 - LIBC_PAGES, 32, 500_000, 20, 20),
         "cc": Program("cc", 647 - LIBC_PAGES, 24, 1_000_000, 30, 30, 8),

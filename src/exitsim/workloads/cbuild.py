@@ -49,13 +49,14 @@ from exitsim.engine.thread import KPath
 from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process
 from exitsim.kern.syscall import BODY
+from exitsim.workloads.build import MAX_SIGMA, lognormal_ns
 from exitsim.workloads.program import (
     LIBC_PAGES,
-    MAX_MS,
     Program,
     check_count,
     check_number,
     check_pages,
+    check_time,
     exec_and_run,
 )
 
@@ -65,8 +66,6 @@ if TYPE_CHECKING:
 
 #: The per-program call counts shipped with the package.
 SYSCALLS_DATA = "c-build-syscalls.toml"
-#: A log-normal spread of more than this (x20 at one standard deviation) is not a build.
-MAX_SIGMA = 3.0
 MAX_SCALE = 100.0
 
 
@@ -96,16 +95,17 @@ class CBuildParams:
     def __post_init__(self) -> None:
         check_count("units", self.units)
         check_count("parallel", self.parallel, 0)
-        for name in ("cc1_user_ms", "as_user_ms", "driver_user_ms", "ar_user_ms"):
-            check_number(name, getattr(self, name), MAX_MS)
-        for name in ("ranlib_user_ms", "ld_user_ms", "make_user_ms"):
-            check_number(name, getattr(self, name), MAX_MS)
+        for name in _TIMES:
+            check_time(name, getattr(self, name))
         for name in ("cc1_user_sigma", "as_user_sigma", "cc1_anon_sigma"):
             check_number(name, getattr(self, name), MAX_SIGMA)
         check_number("calls_scale", self.calls_scale, MAX_SCALE)
         check_pages("cc1_text_pages", self.cc1_text_pages)
         check_pages("cc1_anon_pages", self.cc1_anon_pages, 0)
         check_pages("ld_anon_pages", self.ld_anon_pages, 0)
+
+
+_TIMES = tuple(f"{p}_user_ms" for p in ("cc1", "as", "driver", "ar", "ranlib", "ld", "make"))
 
 
 @dataclass(frozen=True)
@@ -152,10 +152,6 @@ def mix_of(program: str, scale: float) -> tuple[tuple[str, int], ...]:
     )
 
 
-def _lognormal_ns(rng: random.Random, median_ms: float, sigma: float) -> int:
-    return max(1, int(median_ms * 1e6 * math.exp(rng.gauss(0.0, sigma))))
-
-
 def _prog(name: str, file_pages: int, anon: int, user_ns: int, scale: float) -> Program:
     return Program(
         name,
@@ -173,8 +169,8 @@ def unit_programs(params: CBuildParams, seed: int, unit: int) -> dict[str, Progr
     unit is the same whatever the schedule."""
     rng = random.Random(f"{seed}:cbuild:{unit}")
     anon = max(64, int(params.cc1_anon_pages * math.exp(rng.gauss(0.0, params.cc1_anon_sigma))))
-    cc1_ns = _lognormal_ns(rng, params.cc1_user_ms, params.cc1_user_sigma)
-    as_ns = _lognormal_ns(rng, params.as_user_ms, params.as_user_sigma)
+    cc1_ns = lognormal_ns(rng, params.cc1_user_ms, params.cc1_user_sigma)
+    as_ns = lognormal_ns(rng, params.as_user_ms, params.as_user_sigma)
     s = params.calls_scale
     return {
         "gcc": _prog("gcc", 647, 32, _ms(params.driver_user_ms), s),
