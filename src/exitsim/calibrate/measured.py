@@ -69,7 +69,7 @@ def describe_figure(name: str) -> tuple[str, str]:
     return {
         "exit_ns": ("ns", f"exit latency, child wrote {arg} MiB"),
         "cow_exit_ns": ("ns", f"exit latency after writing {arg} MiB copy-on-write"),
-        "concurrent_exit_ns": ("ns", f"exit latency, {arg} children exiting at once"),
+        "concurrent_exit_ns": ("ns", f"exit latency, children exiting at once: {arg}"),
         "concurrent_ratio": ("x", f"exit latency, {arg} exiting at once / one alone"),
     }.get(base, ("", name))
 
