@@ -301,10 +301,11 @@ def test_the_api_and_a_sweep_take_jobs_for_a_tree_and_nothing_else(tmp_path: Pat
     tree.write_text(J2)
     w = load_workload(tree, jobs=4)
     assert w.params["jobs"] == 4 and w.name == "tree"
-    with pytest.raises(ValueError, match="only parameter is jobs|one parameter, jobs"):
+    with pytest.raises(ValueError, match="one parameter, jobs"):
         load_workload(tree, units=4)
     spec = tmp_path / "s.toml"
-    body = 'format = 1\nname = "s"\ndesigns = ["purge"]\nseeds = 1\ncpus = [2]\narches = ["amd64"]\n'
+    body = 'format = 1\nname = "s"\ndesigns = ["purge"]\nseeds = 1\n'
+    body += 'cpus = [2]\narches = ["amd64"]\n'
     spec.write_text(body + '[workload]\nfile = "j2.toml"\nparams = { jobs = [1, 3] }\n')
     sweep = load_sweep(spec)
     assert sorted(c.workload_params["jobs"] for c in sweep.configs()) == [1, 3]

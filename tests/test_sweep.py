@@ -481,5 +481,8 @@ def test_a_spec_may_run_a_workload_file_and_the_frame_names_the_tree(
     frame = pd.read_csv(tmp_path / "t.csv")
     assert set(frame["workload"]) == {"tree"} and set(frame["param.name"]) == {"tiny"}
     assert frame["processes.count"].tolist() == [2] * 4
-    bad = _spec(tmp_path, spec.read_text() + "[workload.params]\njobs = 3\n", "bad.toml")
-    assert_usage_error(["sweep", str(bad)], "workload.params: tiny.toml is a process tree", capsys)
+    # A tree takes jobs (make -jN) and nothing else.
+    bad = _spec(tmp_path, spec.read_text() + "[workload.params]\nunits = 3\n", "bad.toml")
+    assert_usage_error(
+        ["sweep", str(bad)], "workload.params: tiny.toml is a process tree, its only", capsys
+    )
