@@ -7,9 +7,7 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,22 +93,6 @@ def test_keep_refuses_a_bad_directory_or_name_before_running(
         capsys,
     )
     assert not marker.exists() and not Path(out).exists()
-
-
-@pytest.fixture
-def tracefs() -> Iterator[None]:
-    """tracefs mounted for the test (bpftrace's tracepoints live there), and unmounted
-    again afterwards if the test mounted it."""
-    path = Path("/sys/kernel/tracing")
-    if (path / "events").is_dir():
-        yield
-        return
-    assert os.geteuid() == 0, "recording with bpftrace needs root (tracefs, probes)"
-    subprocess.run(["mount", "-t", "tracefs", "nodev", str(path)], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
 
 
 def test_keep_keeps_the_bpftrace_capture(

@@ -5,12 +5,9 @@ real command is recorded under strace."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -469,22 +466,6 @@ def test_record_runs_a_command_under_strace(
     assert sh.parent is None and (sh.program or "").endswith("/sh")
     assert ls.parent == sh.id and (ls.program or "").endswith("/ls") and ls.comm == "ls"
     assert spec.name == "sh" and spec.description.startswith("Recorded with exitsim record")
-
-
-@pytest.fixture
-def tracefs() -> Iterator[None]:
-    """tracefs mounted for the test (bpftrace's tracepoints live there), and unmounted
-    again afterwards if the test mounted it."""
-    path = Path("/sys/kernel/tracing")
-    if (path / "events").is_dir():
-        yield
-        return
-    assert os.geteuid() == 0, "recording with bpftrace needs root (tracefs, probes)"
-    subprocess.run(["mount", "-t", "tracefs", "nodev", str(path)], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
 
 
 def test_record_with_bpftrace_takes_the_sizes_at_exit(
