@@ -180,6 +180,13 @@ def model_host_doc(spec: MicroSpec, prof: CostProfile) -> dict[str, Any]:
     }
 
 
+def doubled_teardown(prof: CostProfile) -> CostProfile:
+    """``prof`` with every per-page teardown key twice its value."""
+    return replace(
+        prof, costs=replace(prof.costs, **{k: 2 * getattr(prof.costs, k) for k in TEARDOWN_KEYS})
+    )
+
+
 @pytest.fixture(scope="module")
 def amd64() -> CostProfile:
     return builtin_profile("amd64")
@@ -225,9 +232,7 @@ def test_a_slower_teardown_scales_every_teardown_key_alike(
     model_meas: Any, amd64: CostProfile
 ) -> None:
     """hostprofile's split rule: one factor over TEARDOWN_KEYS, amd64's proportions."""
-    slow = replace(
-        amd64, costs=replace(amd64.costs, **{k: 2 * getattr(amd64.costs, k) for k in TEARDOWN_KEYS})
-    )
+    slow = doubled_teardown(amd64)
     doc = model_host_doc(SPEC, slow)
     prof, sources = fit_profile(from_doc(doc), amd64)
     for key in TEARDOWN_KEYS:
@@ -240,9 +245,7 @@ def test_the_models_teardown_per_page_is_linear_in_the_teardown_keys(amd64: Cost
     doubles the slope (to within how the exits of the runs overlap the parent's work;
     pte_ns takes that rest in the fit)."""
     one = model_figures(SPEC, amd64, ("touch_exit",))["teardown_per_page_ns"]
-    double = replace(
-        amd64, costs=replace(amd64.costs, **{k: 2 * getattr(amd64.costs, k) for k in TEARDOWN_KEYS})
-    )
+    double = doubled_teardown(amd64)
     two = model_figures(SPEC, double, ("touch_exit",))["teardown_per_page_ns"]
     assert two == pytest.approx(2 * one, rel=0.01)
 

@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--policy", default="linux", help="the design to replay under (default linux)")
     va.add_argument("--arch", default="amd64", choices=sorted(ARCHES), help="(default amd64)")
     va.add_argument(
-        "--cpus", type=int, default=None, help="CPUs (default: the rusage file's, else 2)"
+        "--cpus", type=_cpus, default=None, help="CPUs (default: the rusage file's, else 2)"
     )
     va.add_argument("-s", "--seed", type=int, default=0, help="random seed (default 0)")
     costs_args(va)
@@ -295,13 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
         "fit", help="fit the free costs to published build profiles; write calibrated profiles"
     )
     fi.add_argument(
-        "--units", type=int, default=200, help="compile units of the fitted build (default 200)"
+        "--units",
+        type=_int_in(10),
+        default=200,
+        help="compile units of the fitted build (default 200)",
     )
     fi.add_argument(
-        "--seeds", type=int, default=5, help="seeds of the check after the fit (default 5)"
+        "--seeds", type=_int_in(1, 100), default=5, help="seeds of the check (default 5)"
     )
     fi.add_argument(
-        "--passes", type=int, default=3, help="passes over the fitted targets (default 3)"
+        "--passes", type=_int_in(1, 10), default=3, help="passes over the targets (default 3)"
     )
     fi.add_argument(
         "-o",
@@ -1278,7 +1281,7 @@ def _capture_files(args: argparse.Namespace) -> tuple[str, str | None, str | Non
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from exitsim.calibrate.validate import ValidateError, as_dict, validate
+    from exitsim.calibrate.validate import as_dict, validate
     from exitsim.report.table import validation_table
     from exitsim.sim import SimConfig
 
@@ -1286,11 +1289,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for path in (strace, bpf, rusage):
         if path is not None and not Path(path).is_file():
             raise UsageError(f"{path}: no such file")
-    cpus = args.cpus
-    if cpus is None:
-        cpus = _capture_cpus(rusage) or 2
-    if cpus < 1:
-        raise UsageError(f"--cpus must be at least 1 (got {cpus})")
+    cpus = args.cpus or _capture_cpus(rusage) or 2
     _check_dir("--output", args.output)
     cfg = SimConfig(
         policy=args.policy,
@@ -1302,7 +1301,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     try:
         m, p, rows = validate(strace, bpf, rusage, cfg)
-    except (ValidateError, ValueError) as e:
+    except ValueError as e:  # ValidateError, or a bad design, arch or cost
         raise UsageError(str(e)) from None
     record = as_dict(m, p, rows, cfg)
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
@@ -1335,10 +1334,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     from exitsim.calibrate.fit import TARGETS, calibrated_profile, check, fit
 
-    if args.units < 10:
-        raise UsageError(f"--units must be at least 10 (got {args.units})")
-    if not 1 <= args.seeds <= 100:
-        raise UsageError(f"--seeds must be from 1 to 100 (got {args.seeds})")
     if args.output_dir is not None and not Path(args.output_dir).is_dir():
         raise UsageError(f"--output-dir: {args.output_dir} is not a directory")
     _check_dir("--json", args.json)
@@ -1347,8 +1342,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"exitsim: fit: {line}", file=sys.stderr)
 
-    if not 1 <= args.passes <= 10:
-        raise UsageError(f"--passes must be from 1 to 10 (got {args.passes})")
     res = fit(args.units, args.reading, log=log, passes=args.passes)
     checks = check(res, range(args.seeds))
     for c in checks:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exitsim.calibrate import hostrun
-from exitsim.calibrate.hostcheck import Row, check_doc, check_rows
+from exitsim.calibrate.hostcheck import Row, check_doc, check_rows, targets_met
 from exitsim.calibrate.hostprofile import NAME, FitError, profile_toml
 from exitsim.calibrate.measured import MeasurementError, Measurements, describe_figure, read
 from exitsim.machine.costs import CostProfile, load_profile, parse_profile
@@ -103,7 +103,7 @@ class Outcome:
 
     @property
     def targets_met(self) -> bool:
-        return all(r.ok for r in self.rows if r.target)
+        return targets_met(self.rows)
 
 
 def get_measurements(opts: Options) -> Measurements:

@@ -28,6 +28,7 @@ changes.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -234,11 +235,9 @@ def check(
     res: FitResult,
     seeds: Iterable[int],
     targets: Iterable[Target] = TARGETS,
-    mult: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every target at the fitted multipliers (or ``mult``), over ``seeds``: mean,
-    95% interval and the error against the published value."""
-    m = mult if mult is not None else res.multipliers
+    """Every target at the fitted multipliers, over ``seeds``: mean, 95% interval and
+    the error against the published value."""
     out = []
     results: dict[tuple[str, int, int, int], dict[str, Any]] = {}
     for t in targets:
@@ -246,7 +245,7 @@ def check(
         for s in seeds:
             key = (t.arch, t.cpus, t.parallel, s)
             if key not in results:
-                results[key] = simulate(config(t, res.units, m, res.reading, s))
+                results[key] = simulate(config(t, res.units, res.multipliers, res.reading, s))
             vals.append(t.metric(results[key]))
         mean, lo, hi = interval(vals)
         out.append(
@@ -276,7 +275,7 @@ def calibrated_profile(arch: str, res: FitResult, today: date) -> str:
         "# fit sets (docs/calibration.md, 'The fit'); every other value and source as built in.",
         "[profile]",
         f'arch = "{arch}"',
-        f'description = "calibrated: {base.description} (fit of {today.isoformat()})"',
+        f"description = {_toml_str(f'calibrated: {base.description} (fit of {today})')}",
         "",
     ]
     by_key = {k: g for g, keys in GROUPS.items() for k in keys}
@@ -298,4 +297,5 @@ def calibrated_profile(arch: str, res: FitResult, today: date) -> str:
 
 
 def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string: JSON's escapes are TOML's (as hostprofile.py writes them)."""
+    return json.dumps(s, ensure_ascii=False)

@@ -91,6 +91,7 @@ _libc.mmap.argtypes = [
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 MAP_FAILED = ctypes.c_void_p(-1).value
+_PRIVATE_ANON = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 
 now = time.perf_counter_ns
 Sample = dict[str, int]
@@ -111,9 +112,6 @@ def map_anon(n: int) -> int:
     # No transparent huge pages: the teardown and the faults are to be of 4 KiB pages.
     _libc.madvise(addr, n, mmap.MADV_NOHUGEPAGE)
     return int(addr)
-
-
-_PRIVATE_ANON = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 
 
 def map_file(fd: int, n: int) -> int:

@@ -37,6 +37,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from exitsim.calibrate.micro import MIB_PAGES, model_figures
+from exitsim.calibrate.text import num
 from exitsim.machine.costs import COST_KEYS, CostProfile, builtin_profile, parse_profile
 
 if TYPE_CHECKING:
@@ -70,12 +71,7 @@ class FitError(ValueError):
 
 def spread(f: Figure, unit: str = "ns") -> str:
     """``220 ns (median of 101; p10 216, p90 231)``."""
-    return f"{_num(f.median)} {unit} (median of {f.n}; p10 {_num(f.p10)}, p90 {_num(f.p90)})"
-
-
-def _num(x: float) -> str:
-    """A figure in words: whole above 100, one decimal below."""
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}"
+    return f"{num(f.median)} {unit} (median of {f.n}; p10 {num(f.p10)}, p90 {num(f.p90)})"
 
 
 def _with(profile: CostProfile, **values: int) -> CostProfile:
@@ -90,14 +86,13 @@ class _Fitter:
         self.fig = meas.figures
         self.spec = meas.spec(design)
         self.prof = base
-        self.base = base
         self.sources: dict[str, str] = {}
         self.tail = f"{meas.date}, {meas.machine_text()}"
 
     def set(self, key: str, value: float, what: str) -> None:
         v = max(0, round(value))
         if value < 0:
-            what += f"; the rest was negative ({_num(value)} ns), so 0"
+            what += f"; the rest was negative ({num(value)} ns), so 0"
         self.prof = _with(self.prof, **{key: v})
         self.sources[key] = f"{MEASURED_BY} ({what}), {self.tail}"
 
@@ -139,11 +134,11 @@ class _Fitter:
         was = ", ".join(f"{k} {v}" for k, v in old.items())
         what = (
             f"slope of exit latency over the child's {sizes[0]}-{sizes[-1]} MiB written: "
-            f"{spread(slope)} per 4 KiB page, {_num(slope.median * MIB_PAGES)} ns per MiB; "
+            f"{spread(slope)} per 4 KiB page, {num(slope.median * MIB_PAGES)} ns per MiB; "
             f"split: the per-page teardown keys ({', '.join(TEARDOWN_KEYS)}) scaled by one "
             f"factor, {factor:.3f}, keeping the {BASE_ARCH} proportions ({was}), and pte_ns "
             f"takes the rounding's rest; the model at the {BASE_ARCH} values gave "
-            f"{_num(before)} ns per page"
+            f"{num(before)} ns per page"
         )
         for k in TEARDOWN_KEYS:
             self.sources[k] = f"{MEASURED_BY} ({what}), {self.tail}"
@@ -159,7 +154,7 @@ class _Fitter:
             f"zero-fill faults, a first memset of fresh memory less a second: {spread(f)} per "
             f"page; less the model's other charges of a zero-fill fault (page_zero_ns, "
             f"pte_ns, pageq_ns, pcpu_cache_ns, page_alloc_ns, page-table pages: "
-            f"{_num(rest)} ns)",
+            f"{num(rest)} ns)",
         )
 
     def fork(self) -> None:
@@ -174,11 +169,11 @@ class _Fitter:
             f"fork+exit of a bare CPython parent ({lay.entries} mappings, {lay.anon_pages} "
             f"anonymous pages resident): {spread(fe)}; less Linux's copy and drop of the "
             f"parent's page-table entries, which OpenBSD's fork does not make "
-            f"({_num(per.median)} ns per page, the slope over the parent's written memory, "
+            f"({num(per.median)} ns per page, the slope over the parent's written memory, "
             f"per repeat), leaving {spread(target)}; less the model's charges for the rest "
             f"of the same fork+exit (map entries, pmap, vmspace, u-area, the "
             f"{lay.child_faults} and {lay.parent_faults} copy-on-write faults the child and "
-            f"the parent took, the exit and wait4: {_num(rest)} ns); what is left also "
+            f"the parent took, the exit and wait4: {num(rest)} ns); what is left also "
             "holds CPython's own work after fork and the wake-up of the waiting parent, "
             "which the model has no keys for",
         )
@@ -194,7 +189,7 @@ class _Fitter:
             d.median - rest,
             f"fork+execv({prog})+exit less fork+exit, per repeat: {spread(d)}; less the "
             f"model's charges for the image's mapping, its {self.spec.exec_faults} page "
-            f"faults and its teardown ({_num(rest)} ns); includes the dynamic loader's work "
+            f"faults and its teardown ({num(rest)} ns); includes the dynamic loader's work "
             "in user space, which the model has no key for",
         )
 

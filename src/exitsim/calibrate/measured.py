@@ -133,6 +133,14 @@ def _per_variant(doc: dict[str, Any], bench: str) -> dict[int, Columns]:
     return {int(k): v for k, v in doc["samples"][bench].items()}
 
 
+def _slopes(
+    cols_by: dict[int, Columns], sizes: list[int], key: str
+) -> tuple[list[float], list[float]]:
+    """Per repeat, the slope and intercept of ``key`` over the pages of ``sizes``."""
+    runs = list(zip(*(_col(cols_by[m], key) for m in sizes), strict=True))
+    return slopes_by_repeat([m * MIB_PAGES for m in sizes], runs)
+
+
 def _pooled(cols_by: dict[int, Columns], sizes: list[int], a: str, b: str | None = None) -> Figure:
     """Per repeat, ``a`` (less ``b``) summed over the sizes, per page."""
     n = min(len(cols_by[m][a]) for m in sizes)
@@ -159,15 +167,13 @@ def compute_figures(doc: dict[str, Any]) -> dict[str, Figure]:
     out["child_faults"] = figure(_col(fe[0], "child_minflt"))
     out["parent_faults"] = figure(_col(fe[0], "parent_minflt"))
     if len(sizes) >= 2:
-        runs = list(zip(*(_col(fe[m], "latency_ns") for m in sizes), strict=True))
-        slopes, _ = slopes_by_repeat([m * MIB_PAGES for m in sizes], runs)
+        slopes, _ = _slopes(fe, sizes, "latency_ns")
         out["fork_exit_per_parent_page_ns"] = figure(slopes)
         lat0 = _col(fe[0], "latency_ns")
         out["fork_exit_unshared_ns"] = figure(
             [x - s * anon for x, s in zip(lat0, slopes, strict=True)]
         )
-        runs = list(zip(*(_col(fe[m], "exit_ns") for m in sizes), strict=True))
-        exit_slopes, _ = slopes_by_repeat([m * MIB_PAGES for m in sizes], runs)
+        exit_slopes, _ = _slopes(fe, sizes, "exit_ns")
         out["exit_per_parent_page_ns"] = figure(exit_slopes)
 
     te = _per_variant(doc, "touch_exit")
@@ -177,8 +183,7 @@ def compute_figures(doc: dict[str, Any]) -> dict[str, Figure]:
         out["fault_per_page_ns"] = _pooled(te, nonzero, "fault_ns", "write_ns")
         out["write_per_page_ns"] = _pooled(te, nonzero, "write_ns")
     if len(sizes) >= 2:
-        runs = list(zip(*(_col(te[m], "exit_ns") for m in sizes), strict=True))
-        slopes, icpts = slopes_by_repeat([m * MIB_PAGES for m in sizes], runs)
+        slopes, icpts = _slopes(te, sizes, "exit_ns")
         out["teardown_per_page_ns"] = figure(slopes)
         out["teardown_per_mib_ns"] = figure([s * MIB_PAGES for s in slopes])
         out["exit_fixed_ns"] = figure(icpts)
@@ -205,17 +210,13 @@ def compute_figures(doc: dict[str, Any]) -> dict[str, Figure]:
     if nonzero:
         out["cow_fault_per_page_ns"] = _pooled(cw, nonzero, "fault_ns", "write_ns")
     if len(sizes) >= 2:
-        runs = list(zip(*(_col(cw[m], "fork_ns") for m in sizes), strict=True))
-        out["cow_fork_per_page_ns"] = figure(
-            slopes_by_repeat([m * MIB_PAGES for m in sizes], runs)[0]
-        )
+        out["cow_fork_per_page_ns"] = figure(_slopes(cw, sizes, "fork_ns")[0])
 
     fl = _per_variant(doc, "file")
     if nonzero:
         out["file_fault_per_page_ns"] = _pooled(fl, nonzero, "fault_ns", "read_ns")
     if len(nonzero) >= 2:
-        runs = list(zip(*(_col(fl[m], "child_minflt") for m in nonzero), strict=True))
-        per_page, _ = slopes_by_repeat([m * MIB_PAGES for m in nonzero], runs)
+        per_page, _ = _slopes(fl, nonzero, "child_minflt")
         out["file_pages_per_fault"] = figure([1 / s if s > 0 else 0.0 for s in per_page])
 
     cc = _per_variant(doc, "concurrent")

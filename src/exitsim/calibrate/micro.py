@@ -94,11 +94,15 @@ class MicroSpec:
     design: str = "linux"
 
 
+#: A benchmark's stamped rows by variant (``"16"``: 16 MiB), in run order.
+Rows = dict[str, list[dict[str, int]]]
+
+
 @dataclass(slots=True)
 class _Log:
     """What a model run stamps, by benchmark variant."""
 
-    rows: dict[str, list[dict[str, int]]] = field(default_factory=dict)
+    rows: Rows = field(default_factory=dict)
 
     def add(self, key: str, row: dict[str, int]) -> None:
         self.rows.setdefault(key, []).append(row)
@@ -154,11 +158,10 @@ class MicroRun:
 
     def parent(self, p: Proc) -> KPath:
         k = self.k
-        lay = self.spec.layout
-        yield from sys_execve(k, p, parent_image(lay))
+        img = parent_image(self.spec.layout)
+        yield from sys_execve(k, p, img)
         vm = p.p_vmspace
         assert vm is not None
-        img = parent_image(lay)
         for seg in img.segments:
             if seg.file is None:
                 yield from uvm_touch(k.uvm, p, vm, seg.vpn, seg.npages, write=True)
@@ -361,7 +364,7 @@ class MicroRun:
                     self.log.add(str(count), {"exit_ns": k.now - stamps[child.ps_pid]})
 
 
-def run_bench(spec: MicroSpec, profile: CostProfile, bench: str) -> dict[str, list[dict[str, int]]]:
+def run_bench(spec: MicroSpec, profile: CostProfile, bench: str) -> Rows:
     """Run one benchmark in the model; its stamped rows by variant, in run order."""
     if bench not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {bench!r} (known: {', '.join(BENCHMARKS)})")
@@ -381,6 +384,17 @@ def _med(rows: list[dict[str, int]], key: str) -> float:
     return median([r[key] for r in rows])
 
 
+def _per_page(by_size: Rows, sizes: list[int], key: str) -> float:
+    """``key``'s medians summed over ``sizes`` (MiB, none 0), per page."""
+    pages = sum(m * MIB_PAGES for m in sizes)
+    return sum(_med(by_size[str(m)], key) for m in sizes) / pages
+
+
+def _line(sizes: tuple[int, ...], ys: list[float]) -> tuple[float, float]:
+    """The line through ``ys`` over the pages of ``sizes``: (slope, intercept)."""
+    return line_fit([m * MIB_PAGES for m in sizes], ys)
+
+
 def model_figures(
     spec: MicroSpec, profile: CostProfile, benches: tuple[str, ...] = BENCHMARKS
 ) -> dict[str, float]:
@@ -396,11 +410,9 @@ def model_figures(
         for m in spec.mib:
             out[f"exit_ns@{m}"] = _med(te[str(m)], "exit_ns")
         if sizes:
-            pages = sum(m * MIB_PAGES for m in sizes)
-            out["fault_per_page_ns"] = sum(_med(te[str(m)], "fault_ns") for m in sizes) / pages
+            out["fault_per_page_ns"] = _per_page(te, sizes, "fault_ns")
         if len(spec.mib) >= 2:
-            xs = [m * MIB_PAGES for m in spec.mib]
-            slope, icpt = line_fit(xs, [out[f"exit_ns@{m}"] for m in spec.mib])
+            slope, icpt = _line(spec.mib, [out[f"exit_ns@{m}"] for m in spec.mib])
             out["teardown_per_page_ns"] = slope
             out["teardown_per_mib_ns"] = slope * MIB_PAGES
             out["exit_fixed_ns"] = icpt
@@ -413,17 +425,13 @@ def model_figures(
         for m in spec.mib:
             out[f"cow_exit_ns@{m}"] = _med(cw[str(m)], "exit_ns")
         if sizes:
-            pages = sum(m * MIB_PAGES for m in sizes)
-            out["cow_fault_per_page_ns"] = sum(_med(cw[str(m)], "fault_ns") for m in sizes) / pages
+            out["cow_fault_per_page_ns"] = _per_page(cw, sizes, "fault_ns")
         if len(spec.mib) >= 2:
-            xs = [m * MIB_PAGES for m in spec.mib]
-            out["cow_fork_per_page_ns"] = line_fit(
-                xs, [_med(cw[str(m)], "fork_ns") for m in spec.mib]
-            )[0]
+            ys = [_med(cw[str(m)], "fork_ns") for m in spec.mib]
+            out["cow_fork_per_page_ns"] = _line(spec.mib, ys)[0]
     if "file" in benches and sizes:
         fl = run_bench(spec, profile, "file")
-        pages = sum(m * MIB_PAGES for m in sizes)
-        out["file_fault_per_page_ns"] = sum(_med(fl[str(m)], "fault_ns") for m in sizes) / pages
+        out["file_fault_per_page_ns"] = _per_page(fl, sizes, "fault_ns")
     if "concurrent" in benches:
         cc = run_bench(spec, profile, "concurrent")
         for c in spec.counts:

@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     from exitsim.calibrate.measured import Measurements
 
 
-def _n(x: float) -> str:
-    """A number for a table: grouped whole numbers from 100, one decimal below."""
+def num(x: float) -> str:
+    """A number for a table or a source: grouped whole numbers from 100, one decimal
+    below."""
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}"
 
 
@@ -37,7 +38,7 @@ def figures_table(meas: Measurements) -> list[str]:
     rows = [("figure", "median", "p10..p90", "IQR", "unit", "what")]
     for name, f in meas.figures.items():
         unit, what = describe_figure(name)
-        rows.append((name, _n(f.median), f"{_n(f.p10)}..{_n(f.p90)}", _n(f.iqr), unit, what))
+        rows.append((name, num(f.median), f"{num(f.p10)}..{num(f.p90)}", num(f.iqr), unit, what))
     return _aligned(rows, right=(1, 2, 3))
 
 
@@ -52,9 +53,9 @@ def check_table(rows: list[Row]) -> list[str]:
         out.append(
             (
                 r.label,
-                _n(r.measured.median),
-                f"{_n(r.measured.p10)}..{_n(r.measured.p90)}",
-                _n(r.predicted),
+                num(r.measured.median),
+                f"{num(r.measured.p10)}..{num(r.measured.p90)}",
+                num(r.predicted),
                 err,
                 r.unit,
                 r.role,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -217,21 +217,8 @@ def as_dict(m: Measured, p: Predicted, rows: list[Row], cfg: SimConfig) -> dict[
     """The record ``--json`` writes."""
     return {
         "config": cfg.as_dict(),
-        "measured": {
-            "wall_ns": m.wall_ns,
-            "sys_ns": m.sys_ns,
-            "sys_source": m.sys_source,
-            "processes": m.processes,
-            "teardown_ns": m.teardown_ns,
-            "exit_latency_ns": m.exit_latency_ns,
-        },
-        "predicted": {
-            "wall_ns": p.wall_ns,
-            "sys_ns": p.sys_ns,
-            "processes": p.processes,
-            "teardown_ns": p.teardown_ns,
-            "exit_latency_ns": p.exit_latency_ns,
-        },
+        "measured": asdict(m),
+        "predicted": asdict(p),
         "rows": [
             {
                 "figure": r.figure,

@@ -49,10 +49,14 @@ class CheckResult:
     complete: bool
     violation: str | None = None
     invariant: int | None = None
-    schedule: str | None = None  # compact form (``format_schedule``)
-    labels: list[str] = field(default_factory=list)  # the same schedule, one label a step
+    labels: list[str] = field(default_factory=list)  # the violation's schedule, a label a step
     exception: dict[str, Any] | None = None  # for an exception from the design's code
     steps: list[Step] = field(default_factory=list)
+
+    @property
+    def schedule(self) -> str | None:
+        """The violation's schedule in compact form (``format_schedule``); None without one."""
+        return None if self.violation is None else format_schedule(self.labels)
 
     def as_dict(self, compact: bool = True) -> dict[str, Any]:
         return {
@@ -67,7 +71,7 @@ class CheckResult:
             "violation": self.violation,
             "invariant": self.invariant,
             "exception": self.exception,
-            "schedule": (None if self.schedule is None else format_schedule(self.labels, compact)),
+            "schedule": None if self.violation is None else format_schedule(self.labels, compact),
         }
 
 
@@ -105,7 +109,6 @@ def _describe(out: CheckResult, o: Outcome) -> None:
     out.invariant = e.invariant if isinstance(e, InvariantViolation) else None
     out.exception = e.as_dict() if isinstance(e, DesignError) else None
     out.labels = list(o.schedule)
-    out.schedule = format_schedule(o.schedule)
 
 
 def replay(

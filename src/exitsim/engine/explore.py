@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any, Protocol
 
 from exitsim.engine.chooser import EVENT, Chooser, ScheduleMismatch
@@ -59,15 +60,8 @@ def format_schedule(labels: Sequence[str], compact: bool = True) -> str:
     label per item, as the explorer picked them."""
     if not compact:
         return ",".join(labels)
-    items: list[str] = []
-    i = 0
-    while i < len(labels):
-        j = i
-        while j < len(labels) and labels[j] == labels[i]:
-            j += 1
-        items.append(labels[i] if j - i == 1 else f"{labels[i]}*{j - i}")
-        i = j
-    return ",".join(items)
+    runs = ((label, sum(1 for _ in group)) for label, group in groupby(labels))
+    return ",".join(label if n == 1 else f"{label}*{n}" for label, n in runs)
 
 
 def parse_schedule(text: str) -> list[str]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -123,12 +124,13 @@ def cc_driver(k: Kernel, p: Proc, progs: dict[str, Program]) -> KPath:
     yield from exec_and_run(k, p, progs["cc"])
     for stage in ("cc1", "as"):
         prog = progs[stage]
-        yield from fork1(k, p, stage, lambda c, prog=prog: _child(k, c, prog))
+        yield from fork1(k, p, stage, lambda c, prog=prog: run_child(k, c, prog))
         yield from sys_wait4(k, p)
     yield from sys_exit(k, p, 0)
 
 
-def _child(k: Kernel, p: Proc, prog: Program) -> KPath:
+def run_child(k: Kernel, p: Proc, prog: Program) -> KPath:
+    """A forked child that execs ``prog``, runs it and exits."""
     yield from exec_and_run(k, p, prog)
     yield from sys_exit(k, p, 0)
 
@@ -136,20 +138,29 @@ def _child(k: Kernel, p: Proc, prog: Program) -> KPath:
 def make_main(k: Kernel, p: Proc, params: BuildParams, seed: int) -> KPath:
     """make -jN: keep N jobs running, wait for any, start the next."""
     yield from exec_and_run(k, p, MAKE)
-    parallel = params.parallel or k.machine.ncpu
+
+    def start(job: int) -> KPath:
+        progs = job_programs(params, seed, job)
+        yield from fork1(k, p, "sh", lambda c: cc_driver(k, c, progs))
+
+    yield from make_jobs(k, p, params.jobs, params.parallel or k.machine.ncpu, start)
+    yield from sys_exit(k, p, 0)
+
+
+def make_jobs(k: Kernel, p: Proc, jobs: int, parallel: int, start: Callable[[int], KPath]) -> KPath:
+    """make -jN's loop: keep ``parallel`` jobs running (``start(i)`` forks job i),
+    wait for any, start the next, until all ``jobs`` have been reaped."""
     running = 0
     started = 0
-    while started < params.jobs or running:
-        while running < parallel and started < params.jobs:
-            progs = job_programs(params, seed, started)
-            yield from fork1(k, p, "sh", lambda c, progs=progs: cc_driver(k, c, progs))
+    while started < jobs or running:
+        while running < parallel and started < jobs:
+            yield from start(started)
             started += 1
             running += 1
         child = yield from sys_wait4(k, p)
         if child is None:
             break
         running -= 1
-    yield from sys_exit(k, p, 0)
 
 
 def start_build(k: Kernel, params: BuildParams, seed: int) -> None:

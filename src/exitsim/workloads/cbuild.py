@@ -49,7 +49,7 @@ from exitsim.engine.thread import KPath
 from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process
 from exitsim.kern.syscall import BODY
-from exitsim.workloads.build import MAX_SIGMA, lognormal_ns
+from exitsim.workloads.build import MAX_SIGMA, lognormal_ns, make_jobs
 from exitsim.workloads.program import (
     LIBC_PAGES,
     Program,
@@ -147,9 +147,8 @@ def mix_of(program: str, scale: float) -> tuple[tuple[str, int], ...]:
     """The calls ``program`` makes per process, scaled; none for a program the capture
     did not run."""
     calls = measured_calls().get(program, {})
-    return tuple(
-        (name, round(n * scale)) for name, n in sorted(calls.items()) if round(n * scale) > 0
-    )
+    scaled = ((name, round(n * scale)) for name, n in sorted(calls.items()))
+    return tuple((name, n) for name, n in scaled if n > 0)
 
 
 def _prog(name: str, file_pages: int, anon: int, user_ns: int, scale: float) -> Program:
@@ -195,25 +194,21 @@ def link_programs(params: CBuildParams) -> dict[str, Program]:
     }
 
 
-def driver(k: Kernel, p: Proc, progs: dict[str, Program], stages: tuple[str, ...]) -> KPath:
-    """The compiler driver: exec, then each stage forked, exec'd and waited for."""
-    yield from exec_and_run(k, p, progs["gcc"])
-    for stage in stages:
-        prog = progs[stage]
-        yield from fork1(k, p, stage, lambda c, prog=prog: _run(k, c, prog))
+#: A step of the build: a program, and the steps it forks and waits for one after the
+#: other (a compile unit: the driver with cc1 then as; the link: gcc -> collect2 -> ld).
+Step = tuple[str, tuple["Step", ...]]
+UNIT: Step = ("gcc", (("cc1", ()), ("as", ())))
+LINK: Step = ("gcc", (("collect2", (("ld", ()),)),))
+
+
+def run_step(k: Kernel, p: Proc, progs: dict[str, Program], step: Step) -> KPath:
+    """Exec the step's program and run it, then fork each of its steps in turn and
+    wait for it; exit."""
+    name, children = step
+    yield from exec_and_run(k, p, progs[name])
+    for child in children:
+        yield from fork1(k, p, child[0], lambda c, s=child: run_step(k, c, progs, s))
         yield from sys_wait4(k, p)
-    yield from sys_exit(k, p, 0)
-
-
-def _run(k: Kernel, p: Proc, prog: Program) -> KPath:
-    yield from exec_and_run(k, p, prog)
-    yield from sys_exit(k, p, 0)
-
-
-def _collect2(k: Kernel, p: Proc, progs: dict[str, Program]) -> KPath:
-    yield from exec_and_run(k, p, progs["collect2"])
-    yield from fork1(k, p, "ld", lambda c: _run(k, c, progs["ld"]))
-    yield from sys_wait4(k, p)
     yield from sys_exit(k, p, 0)
 
 
@@ -223,33 +218,16 @@ def make_main(k: Kernel, p: Proc, params: CBuildParams, seed: int) -> KPath:
     yield from exec_and_run(
         k, p, _prog("make", 491, 96, _ms(params.make_user_ms), params.calls_scale)
     )
-    parallel = params.parallel or k.machine.ncpu
-    running = 0
-    started = 0
-    while started < params.units or running:
-        while running < parallel and started < params.units:
-            progs = unit_programs(params, seed, started)
-            yield from fork1(k, p, "gcc", lambda c, g=progs: driver(k, c, g, ("cc1", "as")))
-            started += 1
-            running += 1
-        child = yield from sys_wait4(k, p)
-        if child is None:
-            break
-        running -= 1
+
+    def start(unit: int) -> KPath:
+        progs = unit_programs(params, seed, unit)
+        yield from fork1(k, p, UNIT[0], lambda c: run_step(k, c, progs, UNIT))
+
+    yield from make_jobs(k, p, params.units, params.parallel or k.machine.ncpu, start)
     link = link_programs(params)
-    if params.archive:
-        for step in ("ar", "ranlib"):
-            yield from fork1(k, p, step, lambda c, prog=link[step]: _run(k, c, prog))
-            yield from sys_wait4(k, p)
-    yield from fork1(k, p, "gcc", lambda c: _link_driver(k, c, link))
-    yield from sys_wait4(k, p)
-    yield from sys_exit(k, p, 0)
-
-
-def _link_driver(k: Kernel, p: Proc, link: dict[str, Program]) -> KPath:
-    yield from exec_and_run(k, p, link["gcc"])
-    yield from fork1(k, p, "collect2", lambda c: _collect2(k, c, link))
-    yield from sys_wait4(k, p)
+    for step in (("ar", ()), ("ranlib", ()), LINK) if params.archive else (LINK,):
+        yield from fork1(k, p, step[0], lambda c, s=step: run_step(k, c, link, s))
+        yield from sys_wait4(k, p)
     yield from sys_exit(k, p, 0)
 
 

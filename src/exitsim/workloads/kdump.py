@@ -46,6 +46,8 @@ from exitsim.workloads.importer import (
     MAX_ANON_PAGES,
     MAX_FILE_PAGES,
     Traced,
+    _count,
+    _few,
 )
 from exitsim.workloads.tracelines import LineError, Lines
 
@@ -505,7 +507,7 @@ def read_kdump(path: str | Path, lenient: bool = False) -> KdumpCapture:
     reused = sum(n - 1 for n in b.lives.values())
     if reused:
         notes.append(
-            f"{lines.path}: {reused} pid{'s' if reused != 1 else ''} reused within the "
+            f"{lines.path}: {_count(reused, 'pid')} reused within the "
             f"capture: a later process of a pid has the id pid + {REUSE_STRIDE} * n"
         )
     return KdumpCapture(lines.path, procs, root, start, end, lines.skipped, clock, pids, notes)
@@ -624,15 +626,13 @@ def join_btrace(cap: KdumpCapture, bt: BtraceCapture, warnings: list[str]) -> No
         t.sizes = (min(sizes[0], MAX_FILE_PAGES), min(sizes[1], MAX_ANON_PAGES), 0)
         cut += t.sizes[:2] != sizes
     if missing:
-        few = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
-        n = len(missing)
         warnings.append(
-            f"{n} process{'es' if n != 1 else ''} without an exit in {bt.path} "
-            f"(default sizes): {few}"
+            f"{_count(len(missing), 'process')} without an exit in {bt.path} "
+            f"(default sizes): {_few(missing)}"
         )
     if cut:
         warnings.append(
-            f"{cut} process{'es' if cut != 1 else ''} with more faults than a replay holds: "
+            f"{_count(cut, 'process')} with more faults than a replay holds: "
             f"sizes cut to file {MAX_FILE_PAGES}, anon {MAX_ANON_PAGES} pages"
         )
     if bt.dropped:

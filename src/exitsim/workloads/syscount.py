@@ -151,10 +151,9 @@ def count(path: str | Path) -> tuple[list[Process], Header]:
         if (m := model_name(ev)) is not None:
             proc.model[m] += 1
         if ev.name in EXECS and ev.ret == 0:
-            found = strings(ev.args)
             proc.program = Path(exec_path(ev) or "?").name or "?"
             if pid == cap.first_tid and root_argv is None:
-                root_argv = found[1:]
+                root_argv = strings(ev.args)[1:]
         elif (child := child_of(ev)) is not None:
             if makes_thread(ev):
                 leader[child] = pid
