@@ -28,7 +28,6 @@ changes.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from datetime import date
 from typing import Any
 
 from exitsim.kern.syscall import BODY, LOCKED
-from exitsim.machine.costs import CostProfile, builtin_profile
+from exitsim.machine.costs import CostProfile, builtin_profile, toml_str
 from exitsim.report.claims import interval
 from exitsim.sim import SimConfig, simulate
 
@@ -275,7 +274,7 @@ def calibrated_profile(arch: str, res: FitResult, today: date) -> str:
         "# fit sets (docs/calibration.md, 'The fit'); every other value and source as built in.",
         "[profile]",
         f'arch = "{arch}"',
-        f"description = {_toml_str(f'calibrated: {base.description} (fit of {today})')}",
+        f"description = {toml_str(f'calibrated: {base.description} (fit of {today})')}",
         "",
     ]
     by_key = {k: g for g, keys in GROUPS.items() for k in keys}
@@ -292,10 +291,5 @@ def calibrated_profile(arch: str, res: FitResult, today: date) -> str:
                 f" {src}"
             )
             value = values[key]
-        lines += [f"[costs.{key}]", f"value = {value}", f"source = {_toml_str(src)}", ""]
+        lines += [f"[costs.{key}]", f"value = {value}", f"source = {toml_str(src)}", ""]
     return "\n".join(lines)
-
-
-def _toml_str(s: str) -> str:
-    """A TOML basic string: JSON's escapes are TOML's (as hostprofile.py writes them)."""
-    return json.dumps(s, ensure_ascii=False)

@@ -32,13 +32,18 @@ Every other key keeps its amd64 value and source.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from exitsim.calibrate.micro import MIB_PAGES, model_figures
 from exitsim.calibrate.text import num
-from exitsim.machine.costs import COST_KEYS, CostProfile, builtin_profile, parse_profile
+from exitsim.machine.costs import (
+    COST_KEYS,
+    CostProfile,
+    builtin_profile,
+    parse_profile,
+    toml_str,
+)
 
 if TYPE_CHECKING:
     from exitsim.calibrate.measured import Measurements
@@ -228,8 +233,8 @@ def profile_toml(meas: Measurements, base: CostProfile | None = None) -> str:
         "# replaced; each of those says what measured it and how a figure shared by several",
         "# keys is split. docs/calibration.md has the figures and the model against them.",
         "[profile]",
-        f"arch = {json.dumps(base.arch)}",
-        f"description = {json.dumps(desc, ensure_ascii=False)}",
+        f"arch = {toml_str(base.arch)}",
+        f"description = {toml_str(desc)}",
     ]
     for key in COST_KEYS:
         src = sources.get(key, base.sources[key])
@@ -237,7 +242,7 @@ def profile_toml(meas: Measurements, base: CostProfile | None = None) -> str:
             "",
             f"[costs.{key}]",
             f"value = {_toml_value(getattr(prof.costs, key))}",
-            f"source = {json.dumps(src, ensure_ascii=False)}",
+            f"source = {toml_str(src)}",
         ]
     text = "\n".join(lines) + "\n"
     parse_profile(text, f"{NAME}.toml")  # refuse to write what load_profile would refuse

@@ -19,6 +19,7 @@ or "assumption: <why>". Anything else is refused with one line naming the file a
 from __future__ import annotations
 
 import functools
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -339,6 +340,12 @@ def costs_record(base: CostProfile, overrides: Mapping[str, int]) -> dict[str, A
         "digest": profile_digest(base),
         "overrides": dict(sorted(overrides.items())),
     }
+
+
+def toml_str(s: str) -> str:
+    """``s`` as a TOML basic string, for the writers of profile files (JSON's escapes
+    are TOML's)."""
+    return json.dumps(s, ensure_ascii=False)
 
 
 def assumption_count(profile: CostProfile) -> int:

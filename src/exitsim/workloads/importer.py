@@ -104,7 +104,7 @@ class ImportResult:
 
     def summary(self) -> str:
         return (
-            f"{_count(self.processes, 'process')}, {_count(self.programs, 'program')}, "
+            f"{count_of(self.processes, 'process')}, {count_of(self.programs, 'program')}, "
             f"span {self.span_ms:.1f} ms, user time {self.user_ms:.1f} ms"
         )
 
@@ -191,7 +191,7 @@ _STRACE_START = re.compile(r"(?:\[pid\s+\d+\]|\d+)\s+[\d:.]+\s")
 
 def _skipped(warnings: list[str], path: str, skipped: int) -> None:
     if skipped:
-        warnings.append(f"{path}: skipped {_count(skipped, 'line')} that could not be parsed")
+        warnings.append(f"{path}: skipped {count_of(skipped, 'line')} that could not be parsed")
 
 
 def _is_kdump(path: str | Path, lenient: bool) -> bool:
@@ -367,19 +367,19 @@ def _join_bpf(procs: dict[int, Traced], tasks: dict[int, BpfTask], warnings: lis
     only_bt = sorted(p.pid for p in procs.values() if p.in_bpf and not p.in_strace)
     if only_st:
         warnings.append(
-            f"{_count(len(only_st), 'process')} only in the strace capture (default sizes): "
-            + _few(only_st)
+            f"{count_of(len(only_st), 'process')} only in the strace capture (default sizes): "
+            + few(only_st)
         )
     if only_bt:
         warnings.append(
-            f"{_count(len(only_bt), 'process')} only in the bpftrace capture (no waits known): "
-            + _few(only_bt)
+            f"{count_of(len(only_bt), 'process')} only in the bpftrace capture (no waits known): "
+            + few(only_bt)
         )
     if no_mm:
         warnings.append(f"{no_mm} X lines without an mm (all zero): default sizes used")
     if cut:
         warnings.append(
-            f"{_count(cut, 'process')} larger than a replay holds: sizes cut to file "
+            f"{count_of(cut, 'process')} larger than a replay holds: sizes cut to file "
             f"{MAX_FILE_PAGES}, anon {MAX_ANON_PAGES}, shm {MAX_SHM_PAGES} pages"
         )
     last = max(
@@ -389,11 +389,13 @@ def _join_bpf(procs: dict[int, Traced], tasks: dict[int, BpfTask], warnings: lis
     return last + off if last is not None else 0
 
 
-def _count(n: int, noun: str) -> str:
+def count_of(n: int, noun: str) -> str:
+    """``3 processes``, ``1 line``: a count with its noun."""
     return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
 
 
-def _few(pids: list[int]) -> str:
+def few(pids: list[int]) -> str:
+    """The first eight pids, and ``...`` if there are more."""
     return ", ".join(map(str, pids[:8])) + (" ..." if len(pids) > 8 else "")
 
 
@@ -445,12 +447,12 @@ def _finish(procs: dict[int, Traced], root: int, end: int, warnings: list[str]) 
                 p.program = p.comm or f"pid{p.pid}"
     if unexited:
         warnings.append(
-            f"{_count(unexited, 'process')} had not exited when the capture ended: "
+            f"{count_of(unexited, 'process')} had not exited when the capture ended: "
             "given an exit at its end"
         )
     if orphans:
         warnings.append(
-            f"{_count(orphans, 'process')} whose creation is not in the capture: made roots"
+            f"{count_of(orphans, 'process')} whose creation is not in the capture: made roots"
         )
     return unexited
 
@@ -584,13 +586,13 @@ def _description(
     parts = [
         origin
         + (f": `{command}`" if command else "")
-        + f", {_count(processes, 'process')}, {_count(programs, 'program')}, {span_ms:.1f} ms.",
+        + f", {count_of(processes, 'process')}, {count_of(programs, 'program')}, {span_ms:.1f} ms.",
         "user_ms is each process's lifetime less the time it slept waiting for children.",
     ]
     parts.append(notes[0])
     if unexited:
         parts.append(
-            f"{_count(unexited, 'process')} had not exited when the capture ended; "
+            f"{count_of(unexited, 'process')} had not exited when the capture ended; "
             "here they exit at its end."
         )
     parts += notes[1:]

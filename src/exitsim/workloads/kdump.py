@@ -46,8 +46,8 @@ from exitsim.workloads.importer import (
     MAX_ANON_PAGES,
     MAX_FILE_PAGES,
     Traced,
-    _count,
-    _few,
+    count_of,
+    few,
 )
 from exitsim.workloads.tracelines import LineError, Lines
 
@@ -507,7 +507,7 @@ def read_kdump(path: str | Path, lenient: bool = False) -> KdumpCapture:
     reused = sum(n - 1 for n in b.lives.values())
     if reused:
         notes.append(
-            f"{lines.path}: {_count(reused, 'pid')} reused within the "
+            f"{lines.path}: {count_of(reused, 'pid')} reused within the "
             f"capture: a later process of a pid has the id pid + {REUSE_STRIDE} * n"
         )
     return KdumpCapture(lines.path, procs, root, start, end, lines.skipped, clock, pids, notes)
@@ -627,12 +627,12 @@ def join_btrace(cap: KdumpCapture, bt: BtraceCapture, warnings: list[str]) -> No
         cut += t.sizes[:2] != sizes
     if missing:
         warnings.append(
-            f"{_count(len(missing), 'process')} without an exit in {bt.path} "
-            f"(default sizes): {_few(missing)}"
+            f"{count_of(len(missing), 'process')} without an exit in {bt.path} "
+            f"(default sizes): {few(missing)}"
         )
     if cut:
         warnings.append(
-            f"{_count(cut, 'process')} with more faults than a replay holds: "
+            f"{count_of(cut, 'process')} with more faults than a replay holds: "
             f"sizes cut to file {MAX_FILE_PAGES}, anon {MAX_ANON_PAGES} pages"
         )
     if bt.dropped:
