@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exitsim.check.run import replay, search
+from exitsim.check.run import invariant_of, replay, search
 from exitsim.check.scenarios import SCENARIOS, factory
 from exitsim.cli import main
 from exitsim.engine.explore import explore, parse_schedule, run_schedule
@@ -21,10 +21,14 @@ MUTANTS = Path(__file__).parent / "mutants"
 
 # (mutant file or design, arch, scenario, the invariant that must fire)
 CASES = [
-    ("pmap_purge_nowait.py", "arm64", "threads2", 1),
-    ("purge_before_thrdeath.py", "arm64", "threads2", 3),
+    ("pmap_purge_nowait.py", "amd64", "threads2", 5),
+    ("purge_before_thrdeath.py", "arm64", "threads2", 7),
     ("free_before_shootdown.py", "amd64", "threads2", 1),
     ("no-reaper", "amd64", "wait2", 6),
+    ("unlock_once.py", "arm64", "exitrace", 3),
+    ("unlock_once.py", "amd64", "segv", 3),
+    ("unlock_once.py", "arm64", "killed", 3),
+    ("unlock_once.py", "amd64", "threads2", 3),
 ]
 
 
@@ -45,7 +49,7 @@ def test_the_checker_catches_each_broken_design_and_the_schedule_replays(
     assert r.violation is not None, f"{what}: no violation in {r.schedules} schedules"
     assert r.invariant == invariant, r.violation
     out, steps = replay(SCENARIOS[scenario], _maker(what), arch, parse_schedule(r.schedule or ""))
-    assert out.error is not None and getattr(out.error, "invariant", None) == invariant
+    assert out.error is not None and invariant_of(out.error) == invariant
     assert str(out.error) == r.violation
     assert steps, "the replay shows its steps"
 
@@ -61,6 +65,25 @@ def test_pmap_purge_mutant_needs_a_sibling_still_on_the_pmap() -> None:
         max_schedules=3000,
     )
     assert r.violation is None
+
+
+def test_the_unlock_once_mutant_needs_exit1_entered_twice() -> None:
+    """Where every exit1 is entered with the kernel lock held once (a single-threaded
+    process calling exit), one KERNEL_UNLOCK is as good as dropping every level: the
+    mutant passes the complete search. Only the entry paths at depth 2 tell them apart."""
+    r = search(SCENARIOS["forkrace"], _maker("unlock_once.py"), "arm64", preemptions=1)
+    assert r.complete and r.violation is None, r.violation
+
+
+@pytest.mark.parametrize("scenario", ["exitrace", "killed", "segv", "threxit"])
+@pytest.mark.parametrize("design", ["reaper", "purge", "purge+pmap_purge"])
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_committed_designs_pass_every_way_into_exit1(scenario: str, design: str, arch: str) -> None:
+    """The signal, trap, race and __threxit entries to exit1: no violation with one
+    preemption, searched to the end."""
+    r = search(SCENARIOS[scenario], lambda: get_policy(design), arch, preemptions=1)
+    assert r.violation is None, r.violation
+    assert r.complete and r.schedules > 1
 
 
 @pytest.mark.parametrize("design", ["reaper", "purge", "purge+pmap_purge"])

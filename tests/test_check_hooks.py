@@ -242,25 +242,26 @@ def test_the_compact_form_of_a_late_switch() -> None:
 def test_a_counterexample_prints_compact_and_replays_in_either_form(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The mutant of docs/checking.md: its schedule was printed ``1,1,1,1,1,1,0`` before
-    the compact form; both that text and the compact one replay the same violation."""
+    """The mutant of docs/checking.md: its schedule is 48 steps on CPU 0, then one on
+    CPU 1; the list form of that text, the compact one and a mix replay the same
+    violation."""
     argv = [
         "check",
-        "threads2",
+        "exitrace",
         "--arch",
         "arm64",
         "--policy-file",
-        str(MUTANTS / "pmap_purge_nowait.py"),
+        str(MUTANTS / "unlock_once.py"),
     ]
     assert main([*argv, "-q"]) == 1
     out = capsys.readouterr().out
-    assert _field(out, "minimal schedule:") == "1*6,0"
-    violation = _field(out, "invariant 1:")
-    for text in ("1*6,0", "1,1,1,1,1,1,0", "1*3,1,1*2,0"):
+    assert _field(out, "minimal schedule:") == "0*48,1"
+    violation = _field(out, "invariant 3:")
+    for text in ("0*48,1", ",".join(["0"] * 48 + ["1"]), "0*40,0*7,0,1"):
         assert main([*argv, "-P", text]) == 1
         again = capsys.readouterr().out
-        assert "# schedule 1*6,0" in again
-        assert _field(again, "violation: invariant 1:") == violation
+        assert "# schedule 0*48,1" in again
+        assert _field(again, "violation: invariant 3:") == violation
 
 
 def test_the_list_form_on_request(capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,7 +28,7 @@ import pytest
 from exitsim.engine.sync import KERNEL_LOCK, KERNEL_UNLOCK
 from exitsim.engine.thread import DEAD, KPath
 from exitsim.kern import exit as exit_mod
-from exitsim.kern.exit import exit1, sys_exit, sys_wait4, userret
+from exitsim.kern.exit import exit1, sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, thread_fork
 from exitsim.kern.kernel import Kernel
 from exitsim.kern.proc import (
@@ -44,6 +44,7 @@ from exitsim.kern.proc import (
     Proc,
     Process,
 )
+from exitsim.kern.sig import userret
 from exitsim.kern.syscall import user
 from exitsim.policies import purge as purge_mod
 from exitsim.policies.registry import DESIGNS, get_policy

@@ -23,10 +23,11 @@ import tomli_w
 from exitsim.engine.sync import KERNEL_LOCK, KERNEL_UNLOCK
 from exitsim.engine.thread import KPath
 from exitsim.kern import exit as exit_mod
-from exitsim.kern.exit import sys_exit, userret
+from exitsim.kern.exit import sys_exit
 from exitsim.kern.fork import thread_fork
 from exitsim.kern.kernel import Kernel
 from exitsim.kern.proc import P_THREAD, Proc
+from exitsim.kern.sig import userret
 from exitsim.kern.syscall import BODY, LOCKED, NOLOCK, body_ns, syscall, user
 from exitsim.machine.costs import COST_KEYS, builtin_profile, parse_profile
 from tests.kernkit import Body, make_kernel, run_to_end, user_process

@@ -1,10 +1,15 @@
 """arm64: pmap_purge run before the sibling threads have left the pmap.
 
 The mutant purges the pmap (TTBR0 off on this CPU, both ASIDs flushed, pm_active = 0)
-as soon as the process is marked exiting, while siblings still run user code on other
-CPUs; their pmap_deactivate then returns at once (pm_active is already 0) and leaves
-TTBR0 on the user tables. The teardown later removes PTEs without TLBI. Breaks design.md
-invariant 1: a page is freed while a sibling's CPU can still translate to it.
+as soon as the process is marked exiting (exit1 step 3), before the siblings have left
+the pmap; their pmap_deactivate then returns at once (pm_active is already 0) and
+leaves TTBR0 on the user tables while the teardown removes PTEs without TLBI.
+
+By step 3 single_thread_set has already waited for every sibling to leave user space,
+so none touches the region again; what is left is a table walk through a sibling's
+TTBR0 before it switches away, which the model does not make (docs/checking.md lists
+it as a gap). On amd64 the same mutant zeroes pm_active under the siblings, whose
+pmap_deactivate then takes it below zero: design.md invariant 5.
 """
 
 from exitsim.engine.sync import KERNEL_LOCK, mp_release_all

@@ -1,7 +1,11 @@
 """uvm_purge before the main thread waits for its siblings (exit1 step 3 instead of 6).
 
-Breaks design.md invariant 3: the purge runs while a sibling thread can still run user
-code.
+Step 3 runs in whichever thread made the process exit, after single_thread_set has
+waited for every other thread to leave user space, so no sibling runs user code during
+the purge any more. What breaks is the wait itself: on arm64, pmap_purge waits for the
+other threads to leave the pmap, and when a sibling thread is the one purging, the main
+thread it waits for is itself waiting in thrdeath for that sibling. Breaks design.md
+invariant 7: deadlock.
 """
 
 from exitsim.engine.sync import KERNEL_LOCK, mp_release_all

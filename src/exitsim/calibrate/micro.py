@@ -28,9 +28,10 @@ from exitsim.engine.ops import Run, Wakeup
 from exitsim.engine.sync import tsleep
 from exitsim.engine.thread import KPath
 from exitsim.kern.exec import Image, Segment, sys_execve
-from exitsim.kern.exit import sys_exit, sys_wait4, userret
+from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process
 from exitsim.kern.kernel import Kernel
+from exitsim.kern.sig import userret
 from exitsim.machine.machine import DEFAULT_TOTAL_PAGES, Machine
 from exitsim.policies.registry import get_policy
 from exitsim.vm.fault import uvm_touch

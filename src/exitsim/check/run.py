@@ -11,7 +11,7 @@ from typing import Any
 from exitsim.check.hooks import DesignError
 from exitsim.check.scenarios import SCENARIOS, CheckRun, Scenario, factory
 from exitsim.engine.chooser import ScheduleMismatch
-from exitsim.engine.errors import InvariantViolation
+from exitsim.engine.errors import Deadlock, InvariantViolation, LockError
 from exitsim.engine.explore import (
     Outcome,
     explore,
@@ -103,10 +103,20 @@ def search(
     return out
 
 
+def invariant_of(e: BaseException | None) -> int | None:
+    """The design.md invariant an error breaks: its own number, or 7 (lock discipline)
+    for a lock-rule error or a deadlock; None for anything else."""
+    if isinstance(e, InvariantViolation):
+        return e.invariant
+    if isinstance(e, (LockError, Deadlock)):
+        return 7
+    return None
+
+
 def _describe(out: CheckResult, o: Outcome) -> None:
     e = o.error
     out.violation = str(e)
-    out.invariant = e.invariant if isinstance(e, InvariantViolation) else None
+    out.invariant = invariant_of(e)
     out.exception = e.as_dict() if isinstance(e, DesignError) else None
     out.labels = list(o.schedule)
 

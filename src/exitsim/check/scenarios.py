@@ -21,10 +21,11 @@ from exitsim.engine.errors import SimError
 from exitsim.engine.ops import USER, Run
 from exitsim.engine.sync import tsleep, wakeup
 from exitsim.engine.thread import KPath
-from exitsim.kern.exit import sys_exit, sys_wait4, userret
+from exitsim.kern.exit import sys___threxit, sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process, thread_fork
 from exitsim.kern.kernel import Kernel
-from exitsim.kern.proc import SAS_NOCLDWAIT, Proc
+from exitsim.kern.proc import SAS_NOCLDWAIT, Proc, Process
+from exitsim.kern.sig import SIGKILL, SIGSEGV, prsignal, sigmask, trap_fatal, userret
 from exitsim.machine.costs import CostProfile
 from exitsim.machine.machine import Machine
 from exitsim.vm.audit import audit_all_exited
@@ -217,6 +218,88 @@ def _nozombie(k: Kernel) -> None:
     spawn_user_process(k, "parent", parent)
 
 
+def _exit_race(k: Kernel) -> None:
+    """Both threads of a process call exit(2) at once: the one that single-threads
+    first wins; the other finds it doing so inside its own exit1 and goes back into
+    exit1 from there, with the kernel lock held twice."""
+
+    def sibling(t: Proc) -> KPath:
+        yield WORK
+        yield from sys_exit(k, t, 1)
+
+    def main(p: Proc) -> KPath:
+        yield from region(k, p)
+        yield from thread_fork(k, p, "t1", sibling)
+        yield WORK
+        yield from sys_exit(k, p, 0)
+
+    spawn_user_process(k, "race", main)
+
+
+def _killed(k: Kernel) -> None:
+    """A parent SIGKILLs its 2-thread child and waits: whichever thread takes the
+    signal at its userret exits through postsig and sigexit, and single-threads the
+    other."""
+    box: dict[str, Process] = {}
+    chan = ("victim", 0)
+
+    def child(p: Proc) -> KPath:
+        yield from uvm_touch(k.uvm, p, p.p_vmspace, BASE, PAGES, write=True)  # type: ignore[arg-type]
+        assert p.p_p is not None
+        box["child"] = p.p_p
+        yield from wakeup(chan)
+        yield from thread_fork(k, p, "c.t1", lambda t: worker(k, t, 3))
+        for _ in range(3):
+            yield WORK
+            yield from userret(k, p)
+        yield from sys_exit(k, p, 0)
+
+    def parent(p: Proc) -> KPath:
+        yield from region(k, p)
+        yield from fork1(k, p, "child", child)
+        while "child" not in box:
+            yield from tsleep(chan, "victim")
+        yield from prsignal(k, box["child"], SIGKILL)
+        yield from sys_wait4(k, p)
+        yield from sys_exit(k, p, 0)
+
+    spawn_user_process(k, "killer", parent)
+
+
+def _segv(k: Kernel) -> None:
+    """One thread of a 2-thread process takes a fatal fault with SIGSEGV blocked:
+    trapsignal exits at once (under the kernel lock as the arch's trap handler holds
+    it), stopping the sibling for the core dump (SINGLE_UNWIND) and then telling it to
+    exit (SINGLE_EXIT)."""
+
+    def main(p: Proc) -> KPath:
+        yield from region(k, p)
+        yield from thread_fork(k, p, "t1", lambda t: worker(k, t, 3))
+        yield WORK
+        p.p_sigmask |= sigmask(SIGSEGV)
+        yield from trap_fatal(k, p, SIGSEGV)
+
+    spawn_user_process(k, "segv", main)
+
+
+def _threxit(k: Kernel) -> None:
+    """A sibling leaves by __threxit while the main thread exits: the main thread's
+    single_thread_set counts it out at its exit1 step 4, not at a userret."""
+
+    def sibling(t: Proc) -> KPath:
+        yield WORK
+        yield from uvm_touch(k.uvm, t, t.p_vmspace, BASE, PAGES)  # type: ignore[arg-type]
+        yield from sys___threxit(k, t)
+
+    def main(p: Proc) -> KPath:
+        yield from region(k, p)
+        yield from thread_fork(k, p, "t1", sibling)
+        yield WORK
+        yield from sys_exit(k, p, 0)
+
+    spawn_user_process(k, "threxit", main)
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -229,6 +312,10 @@ SCENARIOS: dict[str, Scenario] = {
             "transient", "a transient vmspace reference lives through the purge", 2, _transient_ref
         ),
         Scenario("nozombie", "children of a SAS_NOCLDWAIT parent (PS_NOZOMBIE)", 2, _nozombie),
+        Scenario("exitrace", "both threads call exit(2): the loser nests exit1", 2, _exit_race),
+        Scenario("killed", "a parent SIGKILLs a 2-thread child and waits", 2, _killed),
+        Scenario("segv", "a thread dies of a fatal fault with the signal blocked", 2, _segv),
+        Scenario("threxit", "a sibling __threxits while the main thread exits", 2, _threxit),
     )
 }
 

@@ -6,9 +6,11 @@ Where the designs differ, ``exit1`` and ``reaper`` call the installed policy's h
 (``policies/``): ``exit1_teardown`` at step 6, ``reaper_uvm_exit`` in the reaper, and
 ``uses_reaper``/``reaper_locked`` for the reaper itself.
 
-Simplified, and why: ``refcnt_finalize`` (allprocess walkers) and signals other than
-the SIGCHLD wakeup are not modelled; ``exit2`` runs at the moment the dead thread leaves
-its CPU, where OpenBSD's idle thread runs it, without the ``deadproc_mutex`` round trip
+The other ways into exit1 (signals, traps, single-threading) are in ``kern/sig.py``.
+
+Simplified, and why: ``refcnt_finalize`` (allprocess walkers) is not modelled;
+``exit2`` runs at the moment the dead thread leaves its CPU, where OpenBSD's idle
+thread runs it, without the ``deadproc_mutex`` round trip
 (an uncontended spin mutex in a path that must not sleep).
 """
 
@@ -28,6 +30,7 @@ from exitsim.engine.sync import (
     wakeup,
 )
 from exitsim.engine.thread import DEAD, KPath
+from exitsim.kern import sig as kern_sig
 from exitsim.kern.proc import (
     EXIT_NORMAL,
     EXIT_THREAD,
@@ -36,11 +39,11 @@ from exitsim.kern.proc import (
     P_WEXIT,
     PS_EXITING,
     PS_NOZOMBIE,
-    PS_SINGLEEXIT,
     PS_WAITEVENT,
     PS_ZOMBIE,
     SAS_NOCLDWAIT,
     SDEAD,
+    SINGLE_EXIT,
     TUAGG_AT_STEP4,
     TUAGG_AT_STEP10,
     Proc,
@@ -80,25 +83,6 @@ def sys___threxit(k: Kernel, p: Proc) -> KPath:
     yield Run(k.costs.syscall_ns)
     yield from KERNEL_LOCK(k)
     yield from exit1(k, p, 0, 0, EXIT_THREAD)
-
-
-def single_thread_set_exit(k: Kernel, p: Proc) -> None:
-    """``single_thread_set(p, SINGLE_EXIT)``: every other thread is to exit1 at its
-    next return to user space (``userret``)."""
-    pr = p.p_p
-    assert pr is not None
-    pr.ps_single = p
-    pr.ps_flags |= PS_SINGLEEXIT
-
-
-def userret(k: Kernel, p: Proc) -> KPath:
-    """The way back to user space: a thread told to exit by single-threading goes
-    into exit1 here and never comes back (``single_thread_check``)."""
-    pr = p.p_p
-    assert pr is not None
-    if pr.ps_flags & PS_SINGLEEXIT and pr.ps_single is not p:
-        yield from KERNEL_LOCK(k)
-        yield from exit1(k, p, 0, 0, 3)  # EXIT_THREAD_NOCHECK
 
 
 def uvm_purge_checked(k: Kernel, p: Proc, with_pmap_purge: bool) -> KPath:
@@ -198,11 +182,14 @@ def exit1(k: Kernel, p: Proc, xexit: int, xsig: int, flags: int) -> KPath:
     p.p_flag |= P_WEXIT
     pr = p.p_p
     assert pr is not None
-    # 2. Alone, this is a process exit; the first of several tells the others to go.
+    # 2. Alone, this is a process exit; the first of several tells the others to go
+    # and waits until each has left user space for good. One that finds another
+    # thread already doing that goes back into exit1 from there, one level of the
+    # kernel lock deeper (kern/sig.py), and never comes back here.
     if pr.ps_threadcnt <= 1:
         flags = EXIT_NORMAL
     elif flags == EXIT_NORMAL:
-        single_thread_set_exit(k, p)
+        yield from kern_sig.single_thread_set(k, p, SINGLE_EXIT)
     # 3. The process is exiting: remember how, and from when.
     if flags == EXIT_NORMAL and not pr.ps_flags & PS_EXITING:
         pr.ps_flags |= PS_EXITING
@@ -218,6 +205,9 @@ def exit1(k: Kernel, p: Proc, xexit: int, xsig: int, flags: int) -> KPath:
     pr.ps_threads.remove(p)
     pr.ps_threadcnt -= 1
     pr.ps_exitcnt += 1
+    # Someone single-threading the process counts on us to count ourselves out.
+    if pr.ps_single is not None:
+        yield from kern_sig.process_suspend_signal(k, pr, p)
     if k.policy.tuagg_at == TUAGG_AT_STEP4:
         tuagg_add_process(pr, p)
     if not p.p_flag & P_THREAD:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 PS_EXITING = 0x00000008
 PS_PPWAIT = 0x00000040
 PS_SINGLEEXIT = 0x00001000
+PS_SINGLEUNWIND = 0x00002000
 PS_NOZOMBIE = 0x00004000
 PS_SYSTEM = 0x00010000
 PS_ZOMBIE = 0x00040000
@@ -23,12 +24,14 @@ PS_WAITEVENT = 0x10000000
 # p_flag (sys/proc.h)
 P_SYSTEM = 0x00000200
 P_WEXIT = 0x00002000
+P_SUSPSINGLE = 0x00080000
 P_THREAD = 0x04000000
 
 # p_stat (sys/proc.h)
 SIDL = 1
 SRUN = 2
 SSLEEP = 3
+SSTOP = 4
 SDEAD = 6
 SONPROC = 7
 
@@ -36,6 +39,11 @@ SONPROC = 7
 EXIT_NORMAL = 0x00000001
 EXIT_THREAD = 0x00000002
 EXIT_THREAD_NOCHECK = 0x00000003
+
+# single_thread_set modes (sys/proc.h)
+SINGLE_SUSPEND = 0x01
+SINGLE_UNWIND = 0x02
+SINGLE_EXIT = 0x03
 
 # ps_sigacts->ps_sigflags
 SAS_NOCLDWAIT = 0x02
@@ -69,6 +77,8 @@ class Process:
         "ps_mtx",
         "ps_sigflags",
         "ps_single",
+        "ps_suspendcnt",
+        "ps_siglist",
         "comm",
         "ps_tu_user_ns",
         "ps_tu_sys_ns",
@@ -103,6 +113,9 @@ class Process:
         self.ps_mtx = SpinMutex(f"ps_mtx.{pid}")
         self.ps_sigflags = 0  # of its sigacts: SAS_NOCLDWAIT
         self.ps_single: Proc | None = None
+        # Threads single_thread_set still waits for; signals pending on the process.
+        self.ps_suspendcnt = 0
+        self.ps_siglist = 0
         self.comm = comm
         # ps_tu: the thread times folded into the process so far (tuagg_add_process);
         # ps_ru: what calcru made of ps_tu at exit1 step 11, the figure wait4 hands
@@ -142,6 +155,8 @@ class Proc(Thread):
         "p_flag",
         "p_p",
         "p_stat",
+        "p_siglist",
+        "p_sigmask",
         "p_vmspace",
         "pm_counted",
         "tu_user_ns",
@@ -155,6 +170,8 @@ class Proc(Thread):
         self.p_p = p_p
         self.p_flag = p_flag
         self.p_stat = SIDL
+        self.p_siglist = 0  # signals pending on this thread
+        self.p_sigmask = 0  # signals it blocks
         self.p_vmspace: Vmspace | None = None
         self.p_addr = True  # the u-area (kernel stack and pcb) is allocated
         self.pm_counted = False  # this thread is counted in its pmap's pm_active

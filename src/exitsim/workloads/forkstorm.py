@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from exitsim.engine.thread import KPath
-from exitsim.kern.exit import sys_exit, sys_wait4, userret
+from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process
+from exitsim.kern.sig import userret
 from exitsim.kern.syscall import user
 from exitsim.vm.fault import uvm_touch
 from exitsim.workloads.program import (

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from exitsim.engine.thread import KPath
 from exitsim.kern.exec import Image, Segment, sys_execve
-from exitsim.kern.exit import userret
+from exitsim.kern.sig import userret
 from exitsim.kern.syscall import syscall, user
 from exitsim.machine.machine import DEFAULT_TOTAL_PAGES
 from exitsim.vm.fault import uvm_touch

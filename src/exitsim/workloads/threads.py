@@ -50,8 +50,9 @@ from exitsim.engine.ops import Wakeup
 from exitsim.engine.sync import tsleep
 from exitsim.engine.thread import KPath
 from exitsim.kern.exec import sys_execve
-from exitsim.kern.exit import sys___threxit, sys_exit, sys_wait4, userret
+from exitsim.kern.exit import sys___threxit, sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process, thread_fork
+from exitsim.kern.sig import userret
 from exitsim.kern.syscall import user
 from exitsim.workloads.program import (
     SH,

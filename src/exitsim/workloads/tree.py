@@ -57,8 +57,9 @@ from exitsim.engine.ops import Run
 from exitsim.engine.sync import KERNEL_LOCK, KERNEL_UNLOCK
 from exitsim.engine.thread import KPath
 from exitsim.kern.exec import sys_execve
-from exitsim.kern.exit import sys_exit, sys_wait4, userret
+from exitsim.kern.exit import sys_exit, sys_wait4
 from exitsim.kern.fork import fork1, spawn_user_process, thread_fork
+from exitsim.kern.sig import userret
 from exitsim.kern.syscall import LOCKED, user
 from exitsim.vm.fault import uvm_touch
 from exitsim.vm.shm import ShmSegment, shmat, shmctl_rmid, shmget
