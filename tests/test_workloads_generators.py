@@ -281,12 +281,14 @@ def _record_exit1(monkeypatch: pytest.MonkeyPatch, flags: dict[Proc, int]) -> No
 def test_threads_servers_are_single_threaded_and_churned_threads_all_freed(
     monkeypatch: pytest.MonkeyPatch, policy: str, arch: str
 ) -> None:
-    """A server has ``threads`` threads; its workers were computing when the main
-    thread called exit(2), so each entered exit1 from userret (single-threading,
-    EXIT_THREAD_NOCHECK). The churner made ``churn_threads`` threads, each leaving by
-    __threxit (EXIT_THREAD). Every thread is dead and freed at the end; with a reaper
-    every u-area was freed by it, without one the dead threads piled up on their
-    process: ``threads.unfreed_peak`` counts at least the churner's."""
+    """A server has ``threads`` threads; its main thread's exit(2) single-threads them,
+    so each worker entered exit1 from userret (EXIT_THREAD_NOCHECK): most after
+    computing, and one that had not yet been on a CPU when the exit began at its very
+    first userret (``child_return``), with no user time. The churner made
+    ``churn_threads`` threads, each leaving by __threxit (EXIT_THREAD). Every thread is
+    dead and freed at the end; with a reaper every u-area was freed by it, without one
+    the dead threads piled up on their process: ``threads.unfreed_peak`` counts at least
+    the churner's."""
     flags: dict[Proc, int] = {}
     _record_exit1(monkeypatch, flags)
     k, r = _run_kernel(_config("threads", policy, arch))
@@ -302,7 +304,7 @@ def test_threads_servers_are_single_threaded_and_churned_threads_all_freed(
         assert len(ts) == p.threads
         workers = [t for t in ts if t.p_flag & P_THREAD]
         assert [flags[t] for t in workers] == [EXIT_THREAD_NOCHECK] * (p.threads - 1)
-        assert all(t.user_ns > 0 for t in workers)
+        assert any(t.user_ns > 0 for t in workers)
     assert len(churn) == p.churn_threads + 1
     assert sorted(flags[t] for t in churn) == [EXIT_NORMAL] + [EXIT_THREAD] * p.churn_threads
     everyone = [t for ts in by_proc.values() for t in ts]
