@@ -185,7 +185,7 @@ def _transient_ref(k: Kernel) -> None:
     def victim(p: Proc) -> KPath:
         yield from region(k, p)
         box["vm"] = p.p_vmspace
-        uvmspace_addref(k.uvm, p.p_vmspace)  # type: ignore[arg-type]
+        uvmspace_addref(k.uvm, p.p_vmspace, p)  # type: ignore[arg-type]
         yield from wakeup(chan)
         yield WORK
         yield from sys_exit(k, p, 0)

@@ -27,7 +27,7 @@ from exitsim.vm.uvm import RangeAlignmentError
 
 if TYPE_CHECKING:
     from exitsim.engine.thread import Thread
-    from exitsim.vm.uvm import Uvm
+    from exitsim.vm.uvm import Freed, Uvm
 
 AMAP_SHARED = 0x1
 
@@ -72,7 +72,17 @@ class PpRef:
 class VmAmap:
     """``struct vm_amap``."""
 
-    __slots__ = ("am_flags", "am_lock", "am_nslot", "am_ppref", "am_ref", "anons", "freed", "ident")
+    __slots__ = (
+        "am_flags",
+        "am_lock",
+        "am_nslot",
+        "am_ppref",
+        "am_ref",
+        "anons",
+        "freed",
+        "freed_by",
+        "ident",
+    )
 
     def __init__(self, ident: int, nslot: int) -> None:
         self.ident = ident
@@ -83,6 +93,7 @@ class VmAmap:
         self.am_ppref: PpRef | None = None
         self.am_lock = RwLock(f"amaplk.{ident}")
         self.freed = False
+        self.freed_by: Freed | None = None
 
     def __repr__(self) -> str:
         return f"<amap {self.ident} ref={self.am_ref} slots={self.am_nslot}>"
@@ -112,8 +123,11 @@ def amap_alloc(uvm: Uvm, nslot: int) -> VmAmap:
     return VmAmap(ident, nslot)
 
 
-def amap_ref(amap: VmAmap, offset: int, length: int, refall: bool = False) -> None:
+def amap_ref(
+    uvm: Uvm, p: Thread, amap: VmAmap, offset: int, length: int, refall: bool = False
+) -> None:
     """Another entry references [offset, offset+length) of ``amap`` (fork, split)."""
+    uvm.check_live(amap, "amap_ref", p)
     if amap.am_ppref is None and not refall and (offset != 0 or length != amap.am_nslot):
         amap.am_ppref = PpRef(amap.am_nslot, amap.am_ref)
     amap.am_ref += 1
@@ -126,6 +140,7 @@ def amap_unref(
 ) -> KPath:
     """Drop one entry's reference to [offset, offset+length). The last reference wipes
     the amap out; otherwise slots no longer referenced by anyone are wiped."""
+    uvm.check_live(amap, "amap_unref: lock", p)
     yield Acquire(amap.am_lock)
     uvm.check(amap.am_ref > 0, 5, f"amap_unref: {amap} has no reference left", amap, p=p)
     if amap.am_ref == 1:
@@ -154,6 +169,7 @@ def amap_wiperange(uvm: Uvm, p: Thread, amap: VmAmap, start: int, end: int) -> K
 
 
 def _anon_drop(uvm: Uvm, p: Thread, anon: VmAnon) -> KPath:
+    uvm.check_live(anon, "amap: anon reference drop", p)
     anon.an_ref -= 1
     uvm.check(anon.an_ref >= 0, 5, f"{anon}: an_ref went negative", anon, p=p)
     if anon.an_ref == 0:
@@ -169,7 +185,7 @@ def amap_wipeout(uvm: Uvm, p: Thread, amap: VmAmap) -> KPath:
         anon = amap.anons.pop(s)
         yield Run(uvm.costs.amap_slot_ns * anon.npages)
         yield from _anon_drop(uvm, p, anon)
-    amap.freed = True
+    uvm.mark_freed(amap, p)
     uvm.counters.amaps_freed += 1
 
 
@@ -182,12 +198,14 @@ def amap_add(amap: VmAmap, slot: int, anon: VmAnon, replace: bool) -> VmAnon | N
     return old
 
 
-def amap_copy_anons(uvm: Uvm, src: VmAmap, offset: int, nslot: int) -> VmAmap:
+def amap_copy_anons(uvm: Uvm, p: Thread, src: VmAmap, offset: int, nslot: int) -> VmAmap:
     """A new amap holding, from slot 0, the anons of ``src`` in [offset, offset+nslot),
     each with one more reference (the copy half of ``amap_copy``)."""
+    uvm.check_live(src, "amap_copy", p)
     new = amap_alloc(uvm, nslot)
     new.am_lock = src.am_lock  # the copy shares the lock of the anons it shares
     for s, anon in src.anons_in(offset, offset + nslot):
+        uvm.check_live(anon, "amap_copy: anon reference", p)
         anon.an_ref += 1
         new.anons[s - offset] = anon
     return new

@@ -12,19 +12,20 @@ from exitsim.vm.pmap import pmap_page_protect_none
 
 if TYPE_CHECKING:
     from exitsim.engine.thread import Thread
-    from exitsim.vm.uvm import Uvm
+    from exitsim.vm.uvm import Freed, Uvm
 
 
 class VmAnon:
     """``struct vm_anon``: ``an_ref`` counts the amap slots that hold it."""
 
-    __slots__ = ("an_page", "an_ref", "freed", "npages")
+    __slots__ = ("an_page", "an_ref", "freed", "freed_by", "npages")
 
     def __init__(self, page: VmPage | None, npages: int) -> None:
         self.an_ref = 1
         self.an_page = page
         self.npages = npages
         self.freed = False
+        self.freed_by: Freed | None = None
 
     def __repr__(self) -> str:
         return f"<anon ref={self.an_ref} {self.an_page!r}>"
@@ -37,9 +38,12 @@ def uvm_anfree_list(uvm: Uvm, p: Thread, anon: VmAnon, pgl: list[VmPage] | None 
     now (``uvm_pagefree``: page-queue lock, this CPU's magazines). => ``an_ref == 0``."""
     uvm.check(anon.an_ref == 0, 5, f"uvm_anfree: {anon} still referenced", anon, p=p)
     uvm.check(not anon.freed, 5, f"{anon} freed twice", anon, p=p)
-    anon.freed = True
+    uvm.mark_freed(anon, p)
     pg = anon.an_page
     if pg is not None:
+        # The anon's page must still be its own: a page freed behind its back (and
+        # maybe allocated again) is a use after free here, not a double free later.
+        uvm.check_live(pg, "uvm_anfree: page protect", p)
         yield from pmap_page_protect_none(uvm, p, pg)
         anon.an_page = None
         if pgl is not None:

@@ -54,6 +54,7 @@ def uvm_fault(
 ) -> KPath:
     """Fault in [vpn, vpn+npages). Returns False (the process would get SIGSEGV) if the
     range is not mapped by one entry or the access is not allowed."""
+    uvm.check_live(vm, "uvm_fault", p)
     if uvm.exact:
         for v in range(vpn, vpn + npages):
             ok = yield from _fault_unit(uvm, p, vm, v, 1, write)
@@ -102,6 +103,7 @@ def _fault_unit(uvm: Uvm, p: Thread, vm: Vmspace, vpn: int, n: int, write: bool)
     if amap is not None:
         # The amap lock (shared with every amap copied from this one) keeps another
         # process's amap_unref from changing an_ref between our check and our copy.
+        uvm.check_live(amap, "uvm_fault: amap lock", p)
         yield Acquire(amap.am_lock)
     found = amap.anons_in(slot, slot + n) if amap is not None else []
     if found:
@@ -110,6 +112,9 @@ def _fault_unit(uvm: Uvm, p: Thread, vm: Vmspace, vpn: int, n: int, write: bool)
 
             raise RangeAlignmentError(f"fault on [{vpn:#x}, +{n}) does not line up with {amap}")
         anon = found[0][1]
+        uvm.check_live(anon, "uvm_fault: anon", p)
+        if anon.an_page is not None:
+            uvm.check_live(anon.an_page, "uvm_fault: anon page", p)
         if write and anon.an_ref > 1:
             # Copy-on-write: this amap gets its own copy of the shared anon's page.
             pg = yield from uvm_pagealloc(uvm, p, ANON, None, n)
@@ -131,6 +136,7 @@ def _fault_unit(uvm: Uvm, p: Thread, vm: Vmspace, vpn: int, n: int, write: bool)
         )
         page = anon.an_page
     elif e.object is not None:
+        uvm.check_live(e.object, "uvm_fault: object", p)
         opg = yield from uvm_obj_getpage(uvm, p, e.object, e.offset + (vpn - e.start), n)
         yield from uvm_pageactivate(uvm, p, opg)
         if write and e.etype & UVM_ET_COPYONWRITE:
@@ -174,6 +180,7 @@ def uvm_touch(
 ) -> KPath:
     """User code accesses [vpn, vpn+npages): valid translations go into this CPU's TLB
     at no extra cost (the access is part of the user time); the rest fault."""
+    uvm.check_live(vm, "uvm_touch", p)
     pm = vm.pmap
     cpu = uvm.cpu_of(p)
     step = 1 if uvm.exact else npages

@@ -178,6 +178,8 @@ def uvm_map(
     end = start + npages
     if npages <= 0 or start < map.min_offset or end > map.max_offset:
         raise SimError(f"uvm_map: [{start:#x}, {end:#x}) is outside {map}")
+    if obj is not None:
+        uvm.check_live(obj, "uvm_map: object reference", p)
     yield from vm_map_lock(uvm, p, map)
     if map.overlapping(start, end):
         yield from vm_map_unlock(map)
@@ -194,7 +196,7 @@ def uvm_map(
     return e
 
 
-def uvm_map_clip(map: VmMap, e: VmMapEntry, at: int) -> VmMapEntry:
+def uvm_map_clip(uvm: Uvm, p: Thread, map: VmMap, e: VmMapEntry, at: int) -> VmMapEntry:
     """Split ``e`` at ``at`` (``uvm_map_clip_start``/``_end``): the upper part becomes a
     new entry. Both parts keep the amap, which gains a reference (``amap_splitref``);
     its per-page counts do not change, as every slot is still referenced once."""
@@ -214,10 +216,12 @@ def uvm_map_clip(map: VmMap, e: VmMapEntry, at: int) -> VmMapEntry:
     )
     if e.amap is not None:
         amap = e.amap
+        uvm.check_live(amap, "uvm_map_clip: amap reference", p)
         if amap.am_ppref is None:
             amap.am_ppref = PpRef(amap.am_nslot, amap.am_ref)
         amap.am_ref += 1
     if e.object is not None:
+        uvm.check_live(e.object, "uvm_map_clip: object reference", p)
         e.object.uo_refs += 1
     e.end = at
     map.entries[at] = upper
@@ -244,9 +248,9 @@ def uvm_unmap_remove(uvm: Uvm, p: Thread, map: VmMap, start: int, end: int) -> K
     dead: list[VmMapEntry] = []
     for e in map.overlapping(start, end):
         if e.start < start:
-            e = uvm_map_clip(map, e, start)
+            e = uvm_map_clip(uvm, p, map, e, start)
         if e.end > end:
-            uvm_map_clip(map, e, end)
+            uvm_map_clip(uvm, p, map, e, end)
         yield Run(uvm.costs.map_entry_ns)
         yield from uvm_unmap_kill_entry(uvm, p, map, e)
         del map.entries[e.start]

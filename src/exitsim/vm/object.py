@@ -23,7 +23,7 @@ from exitsim.vm.uvm import RangeAlignmentError
 
 if TYPE_CHECKING:
     from exitsim.engine.thread import Thread
-    from exitsim.vm.uvm import Uvm
+    from exitsim.vm.uvm import Freed, Uvm
 
 VNODE = "vnode"
 AOBJ = "aobj"
@@ -32,7 +32,7 @@ AOBJ = "aobj"
 class UvmObject:
     """``struct uvm_object`` with its pager kind: a vnode or an anonymous object."""
 
-    __slots__ = ("freed", "kind", "name", "npages", "pages", "uo_refs", "vmobjlock")
+    __slots__ = ("freed", "freed_by", "kind", "name", "npages", "pages", "uo_refs", "vmobjlock")
 
     def __init__(self, kind: str, name: str, npages: int, refs: int) -> None:
         self.kind = kind
@@ -41,6 +41,7 @@ class UvmObject:
         self.uo_refs = refs
         self.pages: SortedDict = SortedDict()  # first page offset -> VmPage
         self.freed = False
+        self.freed_by: Freed | None = None
         #: ``vmobjlock``: held while a page is looked up and paged in, so two faults on
         #: the same page do not both page it in.
         self.vmobjlock = RwLock(f"vmobjlock.{name}")
@@ -87,7 +88,8 @@ def uao_create(uvm: Uvm, name: str, npages: int) -> UvmObject:
     return UvmObject(AOBJ, name, npages, 1)
 
 
-def pgo_reference(obj: UvmObject) -> None:
+def pgo_reference(uvm: Uvm, p: Thread, obj: UvmObject) -> None:
+    uvm.check_live(obj, "pgo_reference", p)
     obj.uo_refs += 1
 
 
@@ -96,6 +98,7 @@ def pgo_detach(uvm: Uvm, p: Thread, obj: UvmObject) -> KPath:
     pages with its last reference, one by one, each losing its mappings and going through
     the page-queue lock and this CPU's magazines (``uao_detach``, uvm_aobj.c 1.116); a
     vnode keeps them cached."""
+    uvm.check_live(obj, "pgo_detach", p)
     obj.uo_refs -= 1
     uvm.check(obj.uo_refs >= 0, 5, f"{obj}: uo_refs went negative", obj, p=p)
     if obj.uo_refs > 0 or obj.kind == VNODE:
@@ -105,12 +108,13 @@ def pgo_detach(uvm: Uvm, p: Thread, obj: UvmObject) -> KPath:
         pg = obj.pages.pop(off)
         yield from pmap_page_protect_none(uvm, p, pg)
         yield from uvm_pagefree(uvm, p, pg)
-    obj.freed = True
+    uvm.mark_freed(obj, p)
 
 
 def uvm_obj_getpage(uvm: Uvm, p: Thread, obj: UvmObject, off: int, n: int) -> KPath:
     """The object's page run at [off, off+n), paged in if not resident: a vnode page is
     read from the buffer cache (a copy), an anonymous object's is zero-filled."""
+    uvm.check_live(obj, "uvm_obj_getpage: vmobjlock", p)
     yield Acquire(obj.vmobjlock)
     pg = obj.lookup(off, n)
     if pg is None:

@@ -85,7 +85,7 @@ from exitsim.engine.thread import KPath
 if TYPE_CHECKING:
     from exitsim.engine.thread import Thread
     from exitsim.vm.pmap import Pmap
-    from exitsim.vm.uvm import Uvm
+    from exitsim.vm.uvm import Freed, Uvm
 
 # What owns a page.
 ANON = "anon"
@@ -137,6 +137,8 @@ class VmPage:
     wire_count: int = 0
     freed: bool = False
     pqueue: bool = False
+    #: Who freed this allocation, and when (``Uvm.check_live``).
+    freed_by: Freed | None = None
 
     def __repr__(self) -> str:
         return f"<page {self.ppn}+{self.npages} {self.kind}>"
@@ -350,6 +352,7 @@ def uvm_pageactivate(uvm: Uvm, p: Thread, pg: VmPage) -> KPath:
     """Put ``pg`` on the tail of the active queue (taking it off the queue it was on),
     under the page-queue lock, as a fault does once it has mapped the page."""
     kassert(pg.kind != PTP, f"uvm_pageactivate: {pg} is a wired page-table page")
+    uvm.check_live(pg, "uvm_pageactivate: queue", p)
     for m in _lock_chunks(uvm, pg.npages):
         yield Acquire(uvm.pageqlock)
         yield Run(uvm.costs.pageq_ns * m)
@@ -448,7 +451,7 @@ def _lock_chunks(uvm: Uvm, n: int) -> Iterator[int]:
 def _gone(uvm: Uvm, p: Thread, pg: VmPage) -> None:
     """``pg`` is free from now on: the checks, and the counts."""
     _check_free(uvm, p, pg)
-    pg.freed = True
+    uvm.mark_freed(pg, p)
     uvm.physmem.free += pg.npages
     uvm.physmem.in_use[pg.kind] -= pg.npages
     uvm.counters.pages_freed += pg.npages

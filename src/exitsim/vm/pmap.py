@@ -159,6 +159,7 @@ def pmap_reference(pm: Pmap) -> None:
 def pmap_destroy(uvm: Uvm, p: Thread, pm: Pmap) -> KPath:
     """Drop a reference; the last one frees the page-table pages, the ASIDs and the
     pmap. => no CPU may have it loaded (openbsd-exit-path.md 11, V6)."""
+    uvm.check_live(pm, "pmap_destroy", p)
     pm.pm_refs -= 1
     uvm.check(pm.pm_refs >= 0, 5, f"{pm} reference count went negative", pm, p=p)
     if pm.pm_refs > 0:
@@ -266,6 +267,8 @@ def pmap_enter(
 ) -> KPath:
     """Map all of ``page`` at ``vpn``, replacing what was there (a copy-on-write break
     replaces the read-only mapping of the old page, with its TLB maintenance)."""
+    uvm.check_live(pm, "pmap_enter", p)
+    uvm.check_live(page, "pmap_enter: page", p)
     kassert(not pm.destroyed, f"pmap_enter: {pm} destroyed")
     end = vpn + page.npages
     yield from _ptp_alloc(uvm, p, pm, vpn, end)
@@ -392,6 +395,7 @@ def pmap_remove(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int, flush: bool =
     """Remove every mapping in [sva, eva) of ``pm``; pages are not freed here.
     ``flush=False`` gathers: no TLB maintenance, the caller flushes the whole address
     space once before any page is freed (Linux's ``tlb_gather_mmu_fullmm``)."""
+    uvm.check_live(pm, "pmap_remove", p)
     if eva <= sva:
         return
     uvm.counters.pmap_remove_calls += 1

@@ -20,13 +20,14 @@ from exitsim.vm.object import UvmObject, pgo_detach, pgo_reference, uao_create
 
 if TYPE_CHECKING:
     from exitsim.engine.thread import Thread
-    from exitsim.vm.uvm import Uvm
+    from exitsim.vm.uvm import Freed, Uvm
     from exitsim.vm.vmspace import Vmspace
 
 
 @dataclass(slots=True, eq=False)
 class ShmSegment:
-    """``struct shmid_ds`` with its anonymous object."""
+    """``struct shmid_ds`` with its anonymous object. ``freed`` is ``deallocated``
+    with who did it, for ``Uvm.check_live``."""
 
     shmid: int
     npages: int
@@ -34,6 +35,11 @@ class ShmSegment:
     shm_nattch: int = 0
     removed: bool = False
     deallocated: bool = False
+    freed: bool = False
+    freed_by: Freed | None = None
+
+    def __repr__(self) -> str:
+        return f"<shm segment {self.shmid} nattch={self.shm_nattch}>"
 
 
 @dataclass(slots=True)
@@ -53,10 +59,11 @@ def shmget(uvm: Uvm, npages: int) -> ShmSegment:
 
 def shmat(uvm: Uvm, p: Thread, vm: Vmspace, seg: ShmSegment, vpn: int) -> KPath:
     """Attach ``seg`` at ``vpn``: a shared, inherit-share entry on its object."""
+    uvm.check_live(seg, "shmat", p)
     if vm.vm_shm is None:
         vm.vm_shm = ShmMap()
     seg.shm_nattch += 1
-    pgo_reference(seg.aobj)
+    pgo_reference(uvm, p, seg.aobj)
     yield from uvm_map(
         uvm,
         p,
@@ -76,12 +83,23 @@ def shm_deallocate_segment(uvm: Uvm, p: Thread, seg: ShmSegment) -> KPath:
     """Drop the segment's own reference to its object."""
     uvm.check(not seg.deallocated, 5, f"shm segment {seg.shmid} deallocated twice", seg, p=p)
     seg.deallocated = True
+    uvm.mark_freed(seg, p)
     del uvm.shm_segments[seg.shmid]
+    uvm.shm_dead[seg.shmid] = seg
     yield from pgo_detach(uvm, p, seg.aobj)
 
 
+def shm_lookup(uvm: Uvm, shmid: int, what: str, p: Thread | None) -> ShmSegment:
+    """The segment ``shmid`` of an attachment, which must not be deallocated yet."""
+    seg = uvm.shm_segments.get(shmid)
+    if seg is None:
+        seg = uvm.shm_dead[shmid]
+        uvm.check_live(seg, what, p)
+    return seg
+
+
 def shm_delete_mapping(uvm: Uvm, p: Thread, vm: Vmspace, vpn: int, shmid: int) -> KPath:
-    seg = uvm.shm_segments[shmid]
+    seg = shm_lookup(uvm, shmid, "shm_delete_mapping", p)
     seg.shm_nattch -= 1
     uvm.check(seg.shm_nattch >= 0, 5, f"shm segment {shmid}: shm_nattch went negative", seg, p=p)
     if seg.shm_nattch == 0 and seg.removed:
@@ -116,10 +134,10 @@ def shmexit(uvm: Uvm, p: Thread, vm: Vmspace) -> KPath:
     vm.vm_shm = None
 
 
-def shmfork(uvm: Uvm, vm1: Vmspace, vm2: Vmspace) -> None:
+def shmfork(uvm: Uvm, vm1: Vmspace, vm2: Vmspace, p: Thread | None = None) -> None:
     """The child inherits the parent's attachments (the entries came with fork)."""
     if vm1.vm_shm is None:
         return
     vm2.vm_shm = ShmMap(list(vm1.vm_shm.state))
     for _, shmid in vm1.vm_shm.state:
-        uvm.shm_segments[shmid].shm_nattch += 1
+        shm_lookup(uvm, shmid, "shmfork", p).shm_nattch += 1

@@ -68,6 +68,19 @@ class UvmCounters:
         return d
 
 
+@dataclass(frozen=True, slots=True)
+class Freed:
+    """Who freed an object, and when: the thread, its CPU and the simulated time."""
+
+    by: str
+    cpu: int | None
+    time_ns: int
+
+    def __str__(self) -> str:
+        on = f" on cpu{self.cpu}" if self.cpu is not None else ""
+        return f"freed by {self.by}{on} at t={self.time_ns}ns"
+
+
 class Uvm:
     """The vm state of one simulation (``struct uvm`` + ``uvmexp`` + the monitors)."""
 
@@ -80,6 +93,10 @@ class Uvm:
         debug: bool = False,
     ) -> None:
         from exitsim.vm.page import PMR_PUT_SKIPS_MAGAZINES, PhysMem, PmrCache
+        from exitsim.vm.pmap import Pmap
+
+        #: The pmap class, for ``check_live`` (``vm/pmap.py`` imports this module).
+        self._pmap_type = Pmap
 
         self.engine = engine
         self.machine = machine
@@ -124,6 +141,11 @@ class Uvm:
         self.next_shmid = 1
         self.vnodes: dict[str, Any] = {}  # name -> UvmObject, the vnode cache
         self.shm_segments: dict[int, Any] = {}  # shmid -> ShmSegment
+        #: Deallocated segments by shmid, so that a later use of one is reported as a
+        #: use after free (invariant 5) rather than as an unknown shmid.
+        self.shm_dead: dict[int, Any] = {}
+        #: Who destroyed each pmap, by tag (``Pmap`` keeps only a flag).
+        self.pmaps_freed: dict[int, Freed] = {}
 
     @property
     def now(self) -> int:
@@ -148,6 +170,42 @@ class Uvm:
     ) -> None:
         if not cond:
             raise self.violation(invariant, message, *objects, p=p)
+
+    def mark_freed(self, obj: Any, p: Thread | None) -> None:
+        """``obj`` (a vmspace, amap, anon, object, shm segment or page) is freed now, by
+        ``p``: set its ``freed`` flag and record who and when for ``check_live``."""
+        obj.freed = True
+        obj.freed_by = self._freed_now(p)
+
+    def mark_pmap_freed(self, pm: Pmap, p: Thread | None) -> None:
+        """``pmap_destroy`` freed ``pm`` (its ``destroyed`` flag is set): record who."""
+        if pm.destroyed and pm.tag not in self.pmaps_freed:
+            self.pmaps_freed[pm.tag] = self._freed_now(p)
+
+    def _freed_now(self, p: Thread | None) -> Freed:
+        if p is None:
+            return Freed("?", None, self.engine.now)
+        return Freed(p.name, p.cpu, self.engine.now)
+
+    def check_live(self, obj: Any, what: str, p: Thread | None = None) -> None:
+        """design.md invariant 5, at the use: ``obj`` must not have been freed before
+        this ``what`` (a fault, a reference, a lock, a mapping, a queueing). Raises
+        naming the object, the use, this CPU and who freed it.
+
+        A page is one allocation: every ``uvm_pagealloc`` makes a new ``VmPage`` and
+        physical page numbers are never handed out twice (``PhysMem.next_ppn``), so the
+        object stands for its allocation generation; a page freed and allocated again is
+        another ``VmPage``, and only a stale reference to the old one trips this."""
+        if isinstance(obj, self._pmap_type):
+            if not obj.destroyed:
+                return
+            rec = self.pmaps_freed.get(obj.tag)
+            how = str(rec) if rec is not None else "destroyed by pmap_destroy"
+        else:
+            if not obj.freed:
+                return
+            how = str(obj.freed_by) if obj.freed_by is not None else "freed"
+        raise self.violation(5, f"{what} on {obj} after it was {how}", obj, p=p)
 
     def cpu_of(self, p: Thread) -> int:
         if p.cpu is None:

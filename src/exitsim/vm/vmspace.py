@@ -48,7 +48,7 @@ from exitsim.vm.pmap import (
 if TYPE_CHECKING:
     from exitsim.engine.thread import Thread
     from exitsim.vm.shm import ShmMap
-    from exitsim.vm.uvm import Uvm
+    from exitsim.vm.uvm import Freed, Uvm
 
 #: The user address range of a new vmspace, in pages (a 47-bit space of 4 KiB pages).
 VM_MIN_ADDRESS = 0x1
@@ -60,7 +60,16 @@ class Vmspace:
     shm attachments. ``vm_refcnt`` counts processes and transient holders, never
     threads (threads only copy the pointer)."""
 
-    __slots__ = ("freed", "name", "purged", "vm_dused", "vm_map", "vm_refcnt", "vm_shm")
+    __slots__ = (
+        "freed",
+        "freed_by",
+        "name",
+        "purged",
+        "vm_dused",
+        "vm_map",
+        "vm_refcnt",
+        "vm_shm",
+    )
 
     def __init__(self, vm_map: VmMap, name: str) -> None:
         self.vm_map = vm_map
@@ -69,6 +78,7 @@ class Vmspace:
         self.vm_dused = 0
         self.name = name
         self.freed = False
+        self.freed_by: Freed | None = None
         #: uvm_purge ran: the purge in uvmspace_free must then do no page work.
         self.purged = False
 
@@ -101,9 +111,10 @@ def uvmspace_alloc(
     return vm
 
 
-def uvmspace_addref(uvm: Uvm, vm: Vmspace) -> None:
+def uvmspace_addref(uvm: Uvm, vm: Vmspace, p: Thread | None = None) -> None:
     """A transient holder (ptrace memory I/O, sysctl) takes a reference."""
-    uvm.check(vm.vm_refcnt > 0, 5, f"uvmspace_addref: {vm} is dead", vm)
+    uvm.check_live(vm, "uvmspace_addref", p)
+    uvm.check(vm.vm_refcnt > 0, 5, f"uvmspace_addref: {vm} is dead", vm, p=p)
     vm.vm_refcnt += 1
 
 
@@ -120,21 +131,21 @@ def amap_copy(uvm: Uvm, p: Thread, map: VmMap, e: VmMapEntry) -> KPath:
     elif e.amap.am_ref > 1:
         old, off = e.amap, e.aref_pageoff
         yield Run(uvm.costs.amap_slot_ns * e.npages)
-        e.amap = amap_copy_anons(uvm, old, off, e.npages)
+        e.amap = amap_copy_anons(uvm, p, old, off, e.npages)
         e.aref_pageoff = 0
         yield from amap_unref(uvm, p, old, off, e.npages)
     e.etype &= ~UVM_ET_NEEDSCOPY
 
 
-def _clone(e: VmMapEntry, share_amap: bool) -> VmMapEntry:
+def _clone(uvm: Uvm, p: Thread, e: VmMapEntry, share_amap: bool) -> VmMapEntry:
     """``uvm_mapent_clone``: the same object and amap, each with one more reference."""
     c = replace(e, wired_count=0, killed=False)
     if c.amap is not None:
-        amap_ref(c.amap, c.aref_pageoff, c.npages)
+        amap_ref(uvm, p, c.amap, c.aref_pageoff, c.npages)
         if share_amap:
             c.amap.am_flags |= AMAP_SHARED
     if c.object is not None:
-        pgo_reference(c.object)
+        pgo_reference(uvm, p, c.object)
     return c
 
 
@@ -144,6 +155,7 @@ def uvmspace_fork(uvm: Uvm, p: Thread, vm1: Vmspace, name: str) -> KPath:
     read-only and needs-copy."""
     from exitsim.vm.shm import shmfork
 
+    uvm.check_live(vm1, "uvmspace_fork", p)
     old = vm1.vm_map
     yield from vm_map_lock(uvm, p, old)
     vm2 = yield from uvmspace_alloc(uvm, p, name, old.min_offset, old.max_offset)
@@ -157,9 +169,9 @@ def uvmspace_fork(uvm: Uvm, p: Thread, vm1: Vmspace, name: str) -> KPath:
         if inh == MAP_INHERIT_SHARE:
             if e.etype & UVM_ET_NEEDSCOPY:
                 yield from amap_copy(uvm, p, old, e)
-            c = _clone(e, share_amap=True)
+            c = _clone(uvm, p, e, share_amap=True)
         elif inh == MAP_INHERIT_COPY:
-            c = _clone(e, share_amap=False)
+            c = _clone(uvm, p, e, share_amap=False)
             c.etype |= UVM_ET_COPYONWRITE | UVM_ET_NEEDSCOPY
             # uvm_mapent_forkcopy: a shared (or wired) amap is copied for the child at
             # once; then, unless wired (amap_cow_now, not modelled), a parent with an
@@ -193,7 +205,7 @@ def uvmspace_fork(uvm: Uvm, p: Thread, vm1: Vmspace, name: str) -> KPath:
     vm2.vm_dused = vm1.vm_dused
     yield from vm_map_unlock(new)
     yield from vm_map_unlock(old)
-    shmfork(uvm, vm1, vm2)
+    shmfork(uvm, vm1, vm2, p)
     return vm2
 
 
@@ -207,6 +219,7 @@ def uvmspace_exec(uvm: Uvm, p: Thread, vm: Vmspace) -> KPath:
     use."""
     from exitsim.vm.shm import shmexit
 
+    uvm.check_live(vm, "uvmspace_exec", p)
     if vm.vm_refcnt == 1:
         if vm.vm_shm is not None:
             yield Acquire(uvm.kernel_lock)
@@ -247,6 +260,7 @@ def uvm_purge(uvm: Uvm, p: Thread, vm: Vmspace, with_pmap_purge: bool) -> KPath:
     committed code does on arches that have one.
     => no kernel-lock level held (design.md invariant 3); the caller is the last thread
        of its process (checked by the kernel layer, which knows the threads)."""
+    uvm.check_live(vm, "uvm_purge", p)
     uvm.check(
         not uvm.kernel_lock.holds(p), 3, f"uvm_purge: {p.name} holds the kernel lock", vm, p=p
     )
@@ -261,6 +275,7 @@ def uvm_purge(uvm: Uvm, p: Thread, vm: Vmspace, with_pmap_purge: bool) -> KPath:
 def uvmspace_free(uvm: Uvm, p: Thread, vm: Vmspace) -> KPath:
     """Drop a reference. The last one purges (a no-op if the map was purged already:
     checked), destroys the pmap and frees the vmspace."""
+    uvm.check_live(vm, "uvmspace_free: reference drop", p)
     vm.vm_refcnt -= 1
     uvm.check(vm.vm_refcnt >= 0, 5, f"{vm}: vm_refcnt went negative", vm, p=p)
     if vm.vm_refcnt > 0:
@@ -280,9 +295,10 @@ def uvmspace_free(uvm: Uvm, p: Thread, vm: Vmspace) -> KPath:
     yield from uvmspace_purge(uvm, p, vm)
     pm = vm.vm_map.pmap
     yield from pmap_destroy(uvm, p, pm)  # type: ignore[arg-type]
+    uvm.mark_pmap_freed(pm, p)  # type: ignore[arg-type]
     vm.vm_map.pmap = None
     uvm.check(not vm.freed, 5, f"{vm} freed twice", vm, p=p)
-    vm.freed = True
+    uvm.mark_freed(vm, p)
     uvm.counters.vmspaces_freed += 1
     yield Run(uvm.costs.vmspace_ns)
 
