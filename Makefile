@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-browser sysdeps bench lint venv clean
+.PHONY: run test test-browser sysdeps bench mutants lint venv clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/teardown.py --arch arm64
 	$(BIN)/python bench/teardown.py --arch amd64
 	$(BIN)/python bench/sweep.py
+
+# The mutation campaign of the checker (docs/checking.md, "Mutation campaign"): some
+# 20 minutes on 2 cores; not part of `make test`. JSON in build/mutants.json.
+mutants: $(STAMP)
+	$(BIN)/python bench/mutants.py --jobs 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
