@@ -47,7 +47,6 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "exitsim.policies.base": ("Policy.reaper_uvm_exit",),
     "exitsim.kern.exit": (
         "sys_exit",
-        "userret",
         "uvm_purge_checked",
         "exit1",
         "sched_exit",
@@ -56,6 +55,15 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "dowait6",
         "proc_finish_wait",
         "process_zap",
+    ),
+    "exitsim.kern.sig": (
+        "userret",
+        "postsig",
+        "sigexit",
+        "trapsignal",
+        "proc_suspend_check_locked",
+        "process_suspend_signal",
+        "single_thread_set",
     ),
     "exitsim.vm.vmspace": ("uvmspace_purge", "uvm_purge", "uvmspace_free", "uvm_exit"),
     "exitsim.vm.map": ("uvm_unmap_kill_entry", "uvm_unmap_detach", "uvm_map_teardown"),
