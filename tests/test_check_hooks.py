@@ -242,35 +242,28 @@ def test_the_compact_form_of_a_late_switch() -> None:
 def test_a_counterexample_prints_compact_and_replays_in_either_form(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The mutant of docs/checking.md: its schedule is 48 steps on CPU 0, then one on
-    CPU 1; the list form of that text, the compact one and a mix replay the same
-    violation."""
-    argv = [
-        "check",
-        "exitrace",
-        "--arch",
-        "arm64",
-        "--policy-file",
-        str(MUTANTS / "unlock_once.py"),
-    ]
+    """no-reaper's invariant 6 on wait2: its schedule, a long run of default steps and
+    one choice, prints compact; that text, the list form and another compact spelling
+    all replay the same violation."""
+    argv = ["check", "wait2", "--policy", "no-reaper", "--arch", "amd64"]
     assert main([*argv, "-q"]) == 1
     out = capsys.readouterr().out
-    assert _field(out, "minimal schedule:") == "0*48,1"
-    violation = _field(out, "invariant 3:")
-    for text in ("0*48,1", ",".join(["0"] * 48 + ["1"]), "0*40,0*7,0,1"):
+    assert _field(out, "minimal schedule:") == "0*160,1"
+    violation = _field(out, "invariant 6:")
+    for text in ("0*160,1", ",".join(["0"] * 160 + ["1"]), "0*80,0,0*79,1"):
         assert main([*argv, "-P", text]) == 1
         again = capsys.readouterr().out
-        assert "# schedule 0*48,1" in again
-        assert _field(again, "violation: invariant 3:") == violation
+        assert "# schedule 0*160,1" in again
+        assert _field(again, "violation: invariant 6:") == violation
 
 
 def test_the_list_form_on_request(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["check", "wait2", "--policy", "no-reaper", "--arch", "amd64", "-q"]
     assert main([*argv, "--schedule-form", "list"]) == 1
     out = capsys.readouterr().out
-    assert _field(out, "minimal schedule:") == "0,0,0,0,1"
+    assert _field(out, "minimal schedule:") == ",".join(["0"] * 160 + ["1"])
     assert main([*argv, "--json"]) == 1
-    assert json.loads(capsys.readouterr().out)[0]["schedule"] == "0*4,1"
+    assert json.loads(capsys.readouterr().out)[0]["schedule"] == "0*160,1"
 
 
 @pytest.mark.parametrize(

@@ -89,8 +89,11 @@ def test_the_samples_add_up_to_the_results_cpu_time(arch: str, policy: str) -> N
     assert kp["idle"] == cpu["idle_ns"]
     # Not about the profile: the run exercises what the leaves are for.
     if arch == "amd64":
-        assert any(frames_in_order(s, "pmap_tlb_shootrange", "spin:ipi_acks:tlb_shoot") for s in kp)
-        assert any(s.endswith(";intr:tlb_shoot") for s in kp)
+        # Local invalidations only: every CPU a process left loaded the kernel's %cr3
+        # there (the build has no sibling threads), so no shootdown has a target. The
+        # IPI leaves are exercised by the engine-level programs below.
+        assert any(s.endswith("pmap_tlb_shootrange") for s in kp)
+        assert r["tlb"]["ipis"] == 0 and not any(":tlb_shoot" in s for s in kp)
     else:
         assert any(frames_in_order(s, "ttlb_flush_range", "tlbi_vae1is") for s in kp)
 

@@ -33,7 +33,7 @@ from exitsim.vm.audit import audit_all_exited
 from exitsim.vm.fault import uvm_fault, uvm_touch
 from exitsim.vm.map import PROT_EXEC, PROT_READ, uvm_map, uvm_unmap
 from exitsim.vm.object import uvn_attach
-from exitsim.vm.pmap import pmap_activate, pmap_deactivate, pmap_switch
+from exitsim.vm.pmap import pmap_activate, pmap_switch
 from exitsim.vm.shm import shmat, shmctl_rmid, shmget
 from exitsim.vm.uvm import PTP_PAGES
 from exitsim.vm.vmspace import Vmspace, uvm_purge, uvmspace_alloc, uvmspace_fork, uvmspace_free
@@ -111,7 +111,7 @@ class Run1:
         """The committed exit of ``vm``'s process, run on this CPU."""
         self.on(me, vm)
         yield from uvm_purge(self.uvm, me, vm, True)
-        pmap_deactivate(self.uvm, me, vm.pmap)
+        self.kit.leave(me, vm.pmap)
         yield from uvmspace_free(self.uvm, me, vm)
 
     # Flags for the serialized sibling scenario (atomic check-and-sleep).
@@ -278,7 +278,7 @@ def _sibling(me: Thread, r: Run1) -> Body:
     assert ok
     yield from r.set("sibling ready")
     yield from r.wait("go")
-    pmap_deactivate(r.uvm, me, a.pmap)
+    r.kit.leave(me, a.pmap)
     yield from r.set("sibling gone")
 
 

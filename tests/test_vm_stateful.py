@@ -69,7 +69,7 @@ from exitsim.vm.map import (
 )
 from exitsim.vm.object import UvmObject, uvn_attach
 from exitsim.vm.page import ANON
-from exitsim.vm.pmap import pmap_activate, pmap_deactivate
+from exitsim.vm.pmap import pmap_activate
 from exitsim.vm.shm import ShmSegment, shmat, shmctl_rmid, shmdt, shmget
 from exitsim.vm.vmspace import (
     Vmspace,
@@ -373,7 +373,7 @@ class VmMachine(RuleBasedStateMachine):
         def path(me: Thread) -> KPath:
             yield from uvm_purge(uvm, me, vm, True)
             assert not vm.vm_map.entries, f"uvm_purge left entries in {vm}"
-            pmap_deactivate(uvm, me, vm.pmap)
+            self.kit.leave(me, vm.pmap)
             yield from uvmspace_free(uvm, me, vm)
 
         return path

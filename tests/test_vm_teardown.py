@@ -41,7 +41,7 @@ from exitsim.vm.map import (
 )
 from exitsim.vm.object import uvn_attach
 from exitsim.vm.page import ANON, OBJECT, PTP, VmPage, uvm_pagefree
-from exitsim.vm.pmap import _drop_pte, pmap_activate, pmap_deactivate
+from exitsim.vm.pmap import _drop_pte, pmap_activate
 from exitsim.vm.shm import shmat, shmctl_rmid, shmget
 from exitsim.vm.uvm import PTP_PAGES
 from exitsim.vm.vmspace import (
@@ -72,6 +72,7 @@ def make_kit(arch: str = "amd64", ncpu: int = 2, record: bool = False) -> VmKit:
     if record:
         eng = Engine(kit.machine.engine_config(record=True))
         eng.switch_hook = kit.engine.switch_hook
+        eng.idle_hook = kit.engine.idle_hook
         kit.engine = eng
         kit.uvm.engine = eng
     return kit
@@ -125,7 +126,7 @@ def join_process(kit: VmKit, me: Thread, vm: Vmspace) -> None:
 def exit_process(kit: VmKit, me: Thread, vm: Vmspace, with_pmap_purge: bool = True) -> Body:
     """The committed exit order: uvm_purge, pmap_deactivate, then uvmspace_free."""
     yield from uvm_purge(kit.uvm, me, vm, with_pmap_purge)
-    pmap_deactivate(kit.uvm, me, vm.pmap)
+    kit.leave(me, vm.pmap)
     yield from uvmspace_free(kit.uvm, me, vm)
 
 
@@ -220,7 +221,7 @@ def test_uvmspace_purge_runs_shmexit_under_kernel_lock_and_map_teardown_without_
         seen["events"] = list(events)
         seen["held_after"] = kl.holds(me)
         seen["vm_shm"] = vm.vm_shm
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
         yield from uvmspace_free(kit.uvm, me, vm)
 
     kit.spawn("A", proc)
@@ -308,7 +309,7 @@ def test_uvm_map_teardown_empties_map_drops_selectors_and_kills_each_entry_once(
         out["resident"] = vm.pmap.resident_count
         out["ptes"] = len(vm.pmap.ptes)
         out["pmap_alive"] = not vm.pmap.destroyed
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
         yield from uvmspace_free(kit.uvm, me, vm)
 
     kit.spawn("A", proc)
@@ -338,7 +339,7 @@ def test_uvm_map_teardown_yields_once_per_entry() -> None:
         window["from"] = len(log)
         yield from uvm_purge(kit.uvm, me, vm, True)
         window["to"] = len(log)
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
         yield from uvmspace_free(kit.uvm, me, vm)
 
     kit.spawn("A", proc)
@@ -476,7 +477,7 @@ def test_uvmspace_free_without_uvm_purge_tears_down_in_its_own_purge(
         vm = yield from start_process(kit, me, "A")
         yield from map_anon(kit, me, vm, ANON_VA, 8)
         yield from map_text(kit, me, vm, TEXT_VA, 4, "bin")
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
         yield from uvmspace_free(kit.uvm, me, vm)
 
     kit.spawn("A", proc)
@@ -532,7 +533,7 @@ def test_uvmspace_free_of_purged_map_with_leftover_entry_violates_invariant_4(
         # The mutant's leftover: an entry the first purge did not take down.
         vm.vm_map.entries[EXTRA_VA] = VmMapEntry(EXTRA_VA, EXTRA_VA + 4)
         state["work"] = kit.uvm.counters.page_work()
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
         yield from uvmspace_free(kit.uvm, me, vm)
         state["work_after"] = kit.uvm.counters.page_work()
 
@@ -561,7 +562,7 @@ def test_pmap_destroy_runs_in_uvmspace_free_not_in_uvm_purge(arch: str) -> None:
             vm.vm_map.pmap is pm,
             kit.uvm.counters.pmaps_destroyed,
         )
-        pmap_deactivate(kit.uvm, me, pm)
+        kit.leave(me, pm)
         yield from uvmspace_free(kit.uvm, me, vm)
         out["after_free"] = (
             pm.destroyed,
@@ -806,7 +807,7 @@ def _arm64_exit_broadcasts(with_pmap_purge: bool, npages: int) -> tuple[dict[str
         before = kit.machine.stats.as_dict()
         yield from uvm_purge(kit.uvm, me, vm, with_pmap_purge)
         out["left"] = kit.machine.tlb.count(cpu(me), tag)
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
         yield from uvmspace_free(kit.uvm, me, vm)
         after = kit.machine.stats.as_dict()
         out["delta"] = {k: after[k] - before[k] for k in after}
@@ -880,7 +881,7 @@ def test_arm64_pmap_purge_spins_until_sibling_has_deactivated_and_only_then_flus
         out["spin"] = me.spin_ns - spin0
         out["pm_active"] = vm.pmap.pm_active
         out["sibling_tlb"] = kit.machine.tlb.count(1, user_tag(kit.uvm, vm.pmap.tag))
-        pmap_deactivate(kit.uvm, me, vm.pmap)  # a no-op now (5.2, 11 T3)
+        kit.leave(me, vm.pmap)  # a no-op now (5.2, 11 T3)
         yield from uvmspace_free(kit.uvm, me, vm)
 
     def sibling(me: Thread) -> Body:
@@ -894,7 +895,7 @@ def test_arm64_pmap_purge_spins_until_sibling_has_deactivated_and_only_then_flus
         yield from flags.set(kit, "sibling ready")
         yield Run(sibling_exit_ns)  # the rest of its exit1 before pmap_deactivate
         out["deactivated_at"] = kit.engine.now
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
 
     kit.spawn("A", main)
     kit.spawn("A.2", sibling)
@@ -921,7 +922,7 @@ def test_arm64_pmap_deactivate_after_pmap_purge_is_a_noop() -> None:
         yield from map_anon(kit, me, vm, ANON_VA, 2)
         yield from uvm_purge(kit.uvm, me, vm, True)
         out.append(vm.pmap.pm_active)
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
         out.append(vm.pmap.pm_active)
         yield from uvmspace_free(kit.uvm, me, vm)
 
@@ -947,7 +948,7 @@ def test_arm64_keeps_page_table_pages_until_pmap_destroy_amd64_frees_them_in_pur
         out["mapped"] = kit.uvm.physmem.in_use[PTP]
         yield from uvm_purge(kit.uvm, me, vm, True)
         out["purged"] = kit.uvm.physmem.in_use[PTP]
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
         yield from uvmspace_free(kit.uvm, me, vm)
         out["freed"] = kit.uvm.physmem.in_use[PTP]
 
@@ -1015,7 +1016,7 @@ def test_amd64_shootdown_ipis_reach_the_cpu_where_a_sibling_runs_the_pmap(
         yield from flags.set(kit, "sibling ready")
         yield Run(200_000, USER)  # running user code when the shootdown comes
         yield from flags.wait("unmapped")
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
         yield from flags.set(kit, "sibling gone")
 
     kit.spawn("A", main)
@@ -1066,7 +1067,7 @@ def test_amd64_exit_after_sibling_deactivated_on_another_cpu_frees_pages_without
         join_process(kit, me, vm)
         out["sibling_cpu"] = me.cpu
         yield from uvm_touch(kit.uvm, me, vm, ANON_VA, 8)
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
         yield from flags.set(kit, "sibling gone")
 
     kit.spawn("A", main)
@@ -1201,7 +1202,7 @@ def test_old_reaper_order_frees_pages_under_stale_tlb_entries_of_a_dead_pmap_saf
         yield from map_anon(kit, me, vm, ANON_VA, 8)
         out["cpu"] = me.cpu
         out["cached"] = kit.machine.tlb.count(cpu(me), user_tag(kit.uvm, vm.pmap.tag))
-        pmap_deactivate(kit.uvm, me, vm.pmap)
+        kit.leave(me, vm.pmap)
         yield from flags.set(kit, "dead")
 
     def reaper(me: Thread) -> Body:

@@ -10,7 +10,7 @@ from exitsim.engine.locks import TicketLock
 from exitsim.engine.sched import Engine
 from exitsim.engine.thread import Thread
 from exitsim.machine.machine import Machine
-from exitsim.vm.pmap import pmap_switch
+from exitsim.vm.pmap import pmap_deactivate, pmap_switch
 from exitsim.vm.uvm import Uvm
 from exitsim.vm.vmspace import Vmspace
 
@@ -34,12 +34,30 @@ class VmKit:
         self.uvm = Uvm(self.engine, self.machine, self.kernel_lock, total_pages, debug=debug)
         self.vm_of: dict[int, Vmspace] = {}
         self.engine.switch_hook = self._switched
+        self.engine.idle_hook = self._idled
 
     def _switched(self, cpu: int, t: Thread | None) -> None:
         if t is not None and t.tid in self.vm_of:
             vm = self.vm_of[t.tid]
             if vm.vm_map.pmap is not None:
                 pmap_switch(self.uvm, cpu, vm.vm_map.pmap)
+
+    def _idled(self, cpu: int) -> None:
+        """The CPU runs its idle thread: the kernel's address space is loaded."""
+        pmap_switch(self.uvm, cpu, None)
+
+    def switch_away(self, me: Thread) -> None:
+        """``me``'s CPU loads the kernel's address space, as the switch to the reaper
+        does before it frees an exited process's vmspace (the kit runs both parts of
+        an exit in one thread)."""
+        if me.cpu is not None:
+            pmap_switch(self.uvm, me.cpu, None)
+
+    def leave(self, me: Thread, pm: Any) -> None:
+        """exit1's ``pmap_deactivate`` of ``pm`` and the switch away that follows
+        (``sched_toidle``), before anything else frees the address space."""
+        pmap_deactivate(self.uvm, me, pm)
+        self.switch_away(me)
 
     def spawn(
         self, name: str, fn: Callable[..., Body], *args: Any, at: int | None = None

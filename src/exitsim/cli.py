@@ -422,6 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many schedules (default: no limit)",
     )
     k.add_argument(
+        "--allow",
+        metavar="N",
+        type=_int_in(1, 8),
+        action="append",
+        default=[],
+        help="tolerate invariant N: its violations are counted, not reported as the "
+        "finding, and the search goes on (repeatable)",
+    )
+    k.add_argument(
         "-P",
         "--schedule",
         metavar="S",
@@ -1395,19 +1404,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     _check_dir("--trace", args.trace)
     profile = _check_costs(args)
     compact = args.schedule_form == "compact"
+    allow = frozenset(args.allow)
     echo = {
         "policy": policy,
         "arch": args.arch,
         "preemptions": args.preemptions,
         "scenarios": ",".join(s.name for s in scenarios),
     }
+    if allow:
+        echo["allow"] = ",".join(str(i) for i in sorted(allow))
 
     if args.schedule is not None:
         if len(scenarios) != 1:
             raise UsageError("--schedule replays one scenario: name exactly one")
         try:
             labels = parse_schedule(args.schedule)
-            out, steps = replay(scenarios[0], maker, args.arch, labels, profile)
+            out, steps = replay(scenarios[0], maker, args.arch, labels, profile, allow)
         except (ValueError, ScheduleMismatch) as e:
             raise UsageError(f"--schedule: {e}") from None
         shown = format_schedule(labels, compact)
@@ -1452,12 +1464,12 @@ def cmd_check(args: argparse.Namespace) -> int:
                     b.note(f"{sc.name}: {n} schedules, {states} states")
 
             res = search(
-                sc, maker, args.arch, args.preemptions, args.max_schedules, progress, profile
+                sc, maker, args.arch, args.preemptions, args.max_schedules, progress, profile, allow
             )
             b.advance()
             results.append(res)
             if res.violation is not None:
-                _, res.steps = replay(sc, maker, args.arch, res.labels, profile)
+                _, res.steps = replay(sc, maker, args.arch, res.labels, profile, allow)
                 if args.trace:
                     write_atomic(args.trace, steps_to_trace(res.steps, f"{sc.name} {policy}"))
                 break
@@ -1468,6 +1480,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for key, value in echo.items():
         print(f"# {key} {value}")
     for r in results:
+        for inv, t in r.tolerated.items():
+            print(f"{r.scenario}: tolerated invariant {inv} x{t['count']}, first: {t['first']}")
         if r.violation is None:
             bound = "complete" if r.complete else "stopped at --max-schedules"
             print(
@@ -1482,6 +1496,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"    {r.exception['source']}")
         print(f"  minimal schedule: {shown or '(empty: the default order all the way)'}")
         extra = f" --policy-file {args.policy_file}" if args.policy_file else f" --policy {policy}"
+        extra += "".join(f" --allow {i}" for i in sorted(allow))
         print(
             f"  replay: exitsim check {r.scenario}{extra} --arch {args.arch} --schedule '{shown}'"
         )

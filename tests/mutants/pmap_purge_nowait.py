@@ -19,7 +19,7 @@ from exitsim.vm.vmspace import uvmspace_purge
 
 
 def pmap_purge_early(uvm, p, pm):
-    uvm.machine.curpm[uvm.cpu_of(p)] = None
+    uvm.machine.ttbr0[uvm.cpu_of(p)] = None  # TTBR0 to the empty table; the ASID stays
     yield from cpu_tlb_flush_asid_all(uvm.machine, pm.asids)
     pm.pm_purged = True
     pm.pm_active = 0

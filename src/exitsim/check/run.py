@@ -22,6 +22,7 @@ from exitsim.engine.explore import (
 from exitsim.engine.thread import DEAD, where
 from exitsim.machine.costs import CostProfile
 from exitsim.policies.base import Policy
+from exitsim.vm.uvm import Tolerated
 
 
 @dataclass(slots=True)
@@ -52,6 +53,10 @@ class CheckResult:
     labels: list[str] = field(default_factory=list)  # the violation's schedule, a label a step
     exception: dict[str, Any] | None = None  # for an exception from the design's code
     steps: list[Step] = field(default_factory=list)
+    allowed: tuple[int, ...] = ()
+    #: Violations of the allowed invariants over every schedule run: invariant ->
+    #: {"count": n, "first": the first one's message}.
+    tolerated: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def schedule(self) -> str | None:
@@ -72,6 +77,8 @@ class CheckResult:
             "invariant": self.invariant,
             "exception": self.exception,
             "schedule": None if self.violation is None else format_schedule(self.labels, compact),
+            "allowed": list(self.allowed),
+            "tolerated": self.tolerated,
         }
 
 
@@ -83,9 +90,14 @@ def search(
     max_schedules: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     profile: CostProfile | None = None,
+    allow: frozenset[int] | set[int] = frozenset(),
 ) -> CheckResult:
-    """Explore ``scenario`` under a design; on a violation, shrink its schedule."""
-    f = factory(scenario, policy_maker, arch, profile=profile)
+    """Explore ``scenario`` under a design; on a violation, shrink its schedule.
+    ``allow``: invariants whose violations do not stop a run; they are counted over
+    the schedules explored, and the first one's message is kept (``tolerated``)."""
+    allowed = frozenset(allow)
+    tally = Tolerated()
+    f = factory(scenario, policy_maker, arch, profile=profile, allow=allowed, tolerated=tally)
     res = explore(f, preemptions, max_schedules, progress)
     out = CheckResult(
         scenario.name,
@@ -96,10 +108,12 @@ def search(
         res.states,
         res.seconds,
         res.complete,
+        allowed=tuple(sorted(allowed)),
     )
     if res.violation is not None:
         small = shrink(f, res.violation.schedule)
         _describe(out, small)
+    out.tolerated = tally.as_dict()
     return out
 
 
@@ -127,10 +141,11 @@ def replay(
     arch: str,
     schedule: list[str],
     profile: CostProfile | None = None,
+    allow: frozenset[int] | set[int] = frozenset(),
 ) -> tuple[Outcome, list[Step]]:
     """Run exactly ``schedule`` (then the default) and record every op: which CPU,
-    which thread, in which kernel function, doing what."""
-    f = factory(scenario, policy_maker, arch, record=True, profile=profile)
+    which thread, in which kernel function, doing what; ``allow`` as for ``search``."""
+    f = factory(scenario, policy_maker, arch, record=True, profile=profile, allow=frozenset(allow))
     steps: list[Step] = []
     seen = [0]
 

@@ -32,6 +32,7 @@ from exitsim.vm.audit import audit_all_exited
 from exitsim.vm.fault import uvm_touch
 from exitsim.vm.map import uvm_map
 from exitsim.vm.shm import shmat, shmctl_rmid, shmget
+from exitsim.vm.uvm import Tolerated
 from exitsim.vm.vmspace import uvmspace_addref, uvmspace_free
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class CheckRun:
             )
         tlb = k.machine.tlb
         parts.append(repr(getattr(tlb, "entries", None)))
-        parts.append(tuple(pm.tag if pm is not None else 0 for pm in k.machine.curpm))
+        parts.append(k.machine.mmu_state())
         parts.append(k.uvm.counters.page_work())
         parts.append(k.uvm.physmem.free)
         return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
@@ -326,10 +327,14 @@ def factory(
     arch: str,
     record: bool = False,
     profile: CostProfile | None = None,
+    allow: frozenset[int] = frozenset(),
+    tolerated: Tolerated | None = None,
 ) -> Callable[[Chooser], CheckRun]:
     """What the explorer calls for every schedule: a fresh kernel running the
     scenario, driven by ``chooser``; ``profile``: its costs instead of the arch's
-    built-in ones (they time the steps of a replayed trace, not which orders exist)."""
+    built-in ones (they time the steps of a replayed trace, not which orders exist);
+    ``allow``: invariants whose violations are counted in ``tolerated`` (one tally for
+    every run) instead of ending the run."""
 
     def build(chooser: Chooser) -> CheckRun:
         k = Kernel(
@@ -342,6 +347,9 @@ def factory(
             strict=True,
             record=record,
         )
+        k.uvm.allowed = allow
+        if tolerated is not None:
+            k.uvm.tolerated = tolerated
         k.start_kernel_threads()
         scenario.setup(k)
         return CheckRun(k)

@@ -211,11 +211,15 @@ class Engine:
         # Untimed mode keeps no time in its state key, so a hand-off there is instant.
         self.handoff = 0 if config.step_each_op else config.lock_handoff_ns
         #: Called as ``switch_hook(cpu_index, thread)`` when a thread goes on a CPU, and
-        #: with ``None`` when it leaves; the machine layer uses it for the loaded pmap.
+        #: with ``None`` when it leaves; the machine layer loads the incoming address space.
         self.switch_hook: Callable[[int, Thread | None], None] | None = None
         #: Called as ``exit_hook(cpu_index, thread)`` once a dead thread is off its CPU
         #: (where OpenBSD's idle thread calls ``exit2``).
         self.exit_hook: Callable[[int, Thread], None] | None = None
+        #: Called as ``idle_hook(cpu_index)`` when a CPU finds nothing to run and goes
+        #: to its idle thread (``cpu_switchto`` to idle: the machine layer loads the
+        #: kernel's address space there).
+        self.idle_hook: Callable[[int], None] | None = None
         self._handlers: dict[type, Callable[[Cpu, Thread, Any], bool]] = {
             Sleep: self._op_sleep,
             SpinWait: self._op_spinwait,
@@ -904,6 +908,8 @@ class Engine:
                 if x.runq and (victim is None or len(x.runq) > len(victim.runq)):
                     victim = x
             if victim is None:
+                if self.idle_hook is not None:
+                    self.idle_hook(c.index)
                 return
             q = victim.runq
         if len(q) > 1:

@@ -16,10 +16,23 @@ DEFAULT_TOTAL_PAGES = 16 << 20
 
 
 class Machine:
-    """CPUs' TLBs and the per-CPU loaded address space, plus the cost profile.
+    """CPUs' TLBs and each CPU's MMU state, plus the cost profile.
 
-    ``curpm[cpu]`` is the user pmap whose translations that CPU may use right now: amd64
-    ``ci_proc_pmap``, arm64 ``ci_curpm`` with a user TTBR0. ``vm/pmap`` keeps it.
+    Three per-CPU lists, kept by ``vm/pmap`` (docs/model.md, "Per-CPU MMU state"):
+
+    - ``ttbr0[cpu]``: the user pmap whose page tables the MMU can walk, so a TLB fill
+      (even a speculative one) can happen: arm64 TTBR0 on the pmap's tables (None on
+      the kernel's empty table), amd64 the pmap in %cr3 (None for the kernel's).
+    - ``asid[cpu]``: the user pmap whose address-space tag is current, so its cached
+      translations can be used: arm64 the ASID ``cpu_setttb`` writes into TTBR1 (it
+      stays when TTBR0 goes to the empty table), amd64 the PCID of the loaded %cr3
+      (always the same pmap as ``ttbr0``).
+    - ``curpm[cpu]``: what the software believes: amd64 ``ci_proc_pmap`` (the shootdown
+      targets), arm64 ``ci_curpm`` (set by ``pmap_setttb``, the same pmap as ``asid``).
+
+    ``left[cpu]`` names the pmap the thread on that CPU gave up for good
+    (``pmap_deactivate`` in exit1) while the MMU keeps it until the next switch: the
+    exit window of design.md invariant 8.
     """
 
     def __init__(
@@ -47,6 +60,30 @@ class Machine:
         self.tlb: Tlb = make_tlb(granularity, ncpu)
         self.stats = TlbStats()
         self.curpm: list[Any] = [None] * ncpu
+        self.ttbr0: list[Any] = [None] * ncpu
+        self.asid: list[Any] = [None] * ncpu
+        self.left: list[Any] = [None] * ncpu
+
+    def loaded_on(self, pm: Any) -> list[int]:
+        """CPUs where ``pm`` is loaded as the hardware sees it: its tables walkable or
+        its tag current (design.md invariant 8)."""
+        return [
+            c
+            for c in range(self.ncpu)
+            if self.ttbr0[c] is pm or self.asid[c] is pm or self.curpm[c] is pm
+        ]
+
+    def mmu_state(self) -> tuple[tuple[int, int, int, int], ...]:
+        """Per CPU, the tags of (ttbr0, asid, curpm, left), 0 for none: for state
+        hashing."""
+
+        def tag(pm: Any) -> int:
+            return 0 if pm is None else pm.tag
+
+        return tuple(
+            (tag(self.ttbr0[c]), tag(self.asid[c]), tag(self.curpm[c]), tag(self.left[c]))
+            for c in range(self.ncpu)
+        )
 
     def engine_config(self, **overrides: Any) -> EngineConfig:
         """The engine settings this machine implies (quantum, switch, lock hand-off and

@@ -462,7 +462,8 @@ def _check_free(uvm: Uvm, p: Thread, pg: VmPage) -> None:
     uvm.check(not pg.freed, 2, f"{pg} freed twice", pg, p=p)
     if pg.pv:
         pm, vpn = pg.pv[0]
-        raise uvm.violation(1, f"{pg} freed while {pm} still maps it at vpn {vpn:#x}", pg, pm, p=p)
+        uvm.breach(1, f"{pg} freed while {pm} still maps it at vpn {vpn:#x}", pg, pm, p=p)
+        return
     if pg.kind == PTP:
         return  # page-table pages are not in the TLB model (no walk caches)
     tlb = uvm.tlb
@@ -470,8 +471,22 @@ def _check_free(uvm: Uvm, p: Thread, pg: VmPage) -> None:
         return
     for cpu, tag, vpn in tlb.holders(pg.ppn, pg.npages):
         owner = uvm.pmaps.get(tag & ~1)
-        if owner is not None and not tlb_entry_is_dead(uvm, owner, cpu):
-            raise uvm.violation(
+        if owner is None or tlb_entry_is_dead(uvm, owner, cpu):
+            continue
+        if uvm.machine.left[cpu] is owner:
+            # The exit window (design.md 8): that CPU's thread gave the pmap up in
+            # exit1 and has not switched away yet; no shootdown or TLBI reaches it.
+            uvm.breach(
+                8,
+                f"{pg} freed while cpu{cpu}'s TLB still translates vpn {vpn:#x} of "
+                f"{owner} to it, and cpu{cpu} still has {owner} loaded after its "
+                "pmap_deactivate (it has not switched away yet)",
+                pg,
+                owner,
+                p=p,
+            )
+        else:
+            uvm.breach(
                 1,
                 f"{pg} freed while cpu{cpu}'s TLB still translates vpn {vpn:#x} of "
                 f"{owner} to it, and {owner} can still be used there",
@@ -479,18 +494,31 @@ def _check_free(uvm: Uvm, p: Thread, pg: VmPage) -> None:
                 owner,
                 p=p,
             )
+        return  # one finding per page
 
 
 def tlb_entry_is_dead(uvm: Uvm, pm: Pmap, cpu: int) -> bool:
-    """Whether a TLB entry of ``pm`` on ``cpu`` can never be used again (design.md 1).
-    It can while ``pm`` is loaded on that CPU. Otherwise, on amd64, ``pm`` can only be
-    loaded there again by ``pmap_switch``, whose cr3 load flushes that CPU's TLB first,
-    so it never can; on arm64 entries are tagged by ASID and survive a reload, so it can
-    as long as a thread may still run on ``pm``. Its tag is never handed to another
-    address space (tags are not reused), so nothing else can use it.
+    """Whether a TLB entry of ``pm`` on ``cpu`` can never be used again (design.md 1),
+    as the hardware has it (``Machine``'s per-CPU MMU state).
+
+    arm64: an entry is usable while its ASID is current on that CPU (in TTBR1, as
+    ``cpu_setttb`` leaves it, even after TTBR0 went to the empty table), and, while a
+    thread may still run on ``pm`` (``pm_active > 0``), because ``pmap_setttb`` can
+    make the ASID current there again with the entry still cached. Only a flush by
+    ASID or by address ends it.
+
+    amd64: an entry is usable while ``pm`` is in that CPU's %cr3, whether or not
+    ``ci_proc_pmap`` still names it (after ``pmap_deactivate`` shootdowns no longer
+    come here, but the entry stays until a local invalidation). Once another %cr3 is
+    loaded, ``pm`` can only come back through a user %cr3 load, which flushes that
+    CPU's user translations first, so it never can.
+
+    A tag is never handed to another address space (tags are not reused), so nothing
+    else can use it.
     """
-    if uvm.machine.curpm[cpu] is pm:
-        return False
+    m = uvm.machine
     if not uvm.arch.broadcast_tlbi:
-        return True
+        return m.ttbr0[cpu] is not pm
+    if m.asid[cpu] is pm:
+        return False
     return pm.pm_active == 0

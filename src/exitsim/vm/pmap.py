@@ -158,42 +158,75 @@ def pmap_reference(pm: Pmap) -> None:
 
 def pmap_destroy(uvm: Uvm, p: Thread, pm: Pmap) -> KPath:
     """Drop a reference; the last one frees the page-table pages, the ASIDs and the
-    pmap. => no CPU may have it loaded (openbsd-exit-path.md 11, V6)."""
+    pmap. => no CPU may have it loaded (openbsd-exit-path.md 11, V6): design.md
+    invariant 8, checked on every CPU as the hardware has it (``Machine.loaded_on``).
+    Nothing here unloads it from another CPU: OpenBSD does not (amd64 pmap.c prints
+    under DIAGNOSTIC and goes on; arm64 pmap_free_asid asserts only for curcpu)."""
     uvm.check_live(pm, "pmap_destroy", p)
     pm.pm_refs -= 1
     uvm.check(pm.pm_refs >= 0, 5, f"{pm} reference count went negative", pm, p=p)
     if pm.pm_refs > 0:
         return
     me = uvm.cpu_of(p)
-    curpm = uvm.machine.curpm
+    m = uvm.machine
     if uvm.arch.broadcast_tlbi:
         # arm64 pmap_free_asid: KASSERT(pm != curcpu()->ci_curpm).
-        uvm.check(curpm[me] is not pm, 5, f"pmap_destroy: {pm} is loaded on this CPU", pm, p=p)
-    else:
-        # amd64: a CPU that last ran the process keeps it as ci_proc_pmap until it loads
-        # another; its tag is never reused here, so the model forgets those.
-        for cpu, loaded in enumerate(curpm):
-            if loaded is pm:
-                curpm[cpu] = None
+        uvm.check(m.curpm[me] is not pm, 5, f"pmap_destroy: {pm} is loaded on this CPU", pm, p=p)
+    loaded = m.loaded_on(pm)
+    uvm.check(
+        not loaded,
+        8,
+        f"pmap_destroy of {pm} while {_describe_loaded(uvm, pm, loaded)}",
+        pm,
+        p=p,
+    )
     uvm.check(not pm.destroyed, 5, f"{pm} destroyed twice", pm, p=p)
-    pm.destroyed = True
     # A pmap with mappings left is torn down here (pmap_release); after a purge it has
-    # none, and this does no page work.
+    # none, and this does no page work. It is marked destroyed after: this removal is
+    # its own teardown, not a use after free.
     if pm.ptes:
         yield from pmap_remove(uvm, p, pm, pm.ptes.keys()[0], _end_of(pm))
+    pm.destroyed = True
     yield from uvm_pglistfree(uvm, p, [ptp.page for ptp in pm.ptps.values()])
     pm.ptps.clear()
     if uvm.arch.broadcast_tlbi:
         # pmap_free_asid: both ASIDs are flushed again before they can be reused.
-        yield from cpu_tlb_flush_asid_all(uvm.machine, pm.asids)
+        yield from cpu_tlb_flush_asid_all(m, pm.asids)
     else:
-        # amd64 leaves the pmap's entries in TLBs that still have its cr3 loaded; the
-        # model's tags are never reused, so those leftovers can never be used again
-        # and are dropped here without cost to keep the model small.
-        for cpu in range(uvm.machine.ncpu):
-            uvm.tlb.invalidate_asid(cpu, pm.tag)
+        # amd64 leaves the pmap's entries in the TLBs of CPUs that ran it: with PCIDs
+        # they stay, tagged, until the next user %cr3 load there flushes them. The
+        # model's tags are never reused, so on a CPU without it in %cr3 they can never
+        # be used again and are dropped here, without cost, to keep the model small;
+        # where it is still in %cr3 (invariant 8 tolerated) they stay.
+        for cpu in range(m.ncpu):
+            if m.ttbr0[cpu] is not pm:
+                uvm.tlb.invalidate_asid(cpu, pm.tag)
     yield Run(uvm.costs.pmap_destroy_ns)
     uvm.counters.pmaps_destroyed += 1
+
+
+def _describe_loaded(uvm: Uvm, pm: Pmap, cpus: list[int]) -> str:
+    """Where ``pm`` is still loaded, in the hardware's terms."""
+    m = uvm.machine
+    parts = []
+    for c in cpus:
+        if uvm.arch.broadcast_tlbi:
+            what = [
+                name
+                for name, on in (
+                    ("TTBR0 on its tables", m.ttbr0[c]),
+                    ("its ASID current", m.asid[c]),
+                )
+                if on is pm
+            ]
+        else:
+            what = [
+                name
+                for name, on in (("%cr3", m.ttbr0[c]), ("ci_proc_pmap", m.curpm[c]))
+                if on is pm
+            ]
+        parts.append(f"cpu{c} has {' and '.join(what) or 'it as ci_curpm'}")
+    return "; ".join(parts)
 
 
 def _end_of(pm: Pmap) -> int:
@@ -215,37 +248,47 @@ def pmap_activate(uvm: Uvm, p: Thread, pm: Pmap, on_cpu: bool = True) -> None:
 def pmap_deactivate(uvm: Uvm, p: Thread, pm: Pmap) -> None:
     """The thread stops using ``pm`` for good (exit1). arm64 returns at once if
     ``pm_active`` is already 0 (after ``pmap_purge``); else TTBR0 goes to the kernel's
-    empty table. amd64 clears ``ci_proc_pmap`` but keeps cr3 (the next switch loads
-    another)."""
+    empty table, while the ASID in TTBR1 (and ``ci_curpm``) stay until the next
+    ``cpu_switchto``. amd64 clears ``ci_proc_pmap``, so shootdowns stop coming here,
+    but keeps %cr3 until the next switch loads another."""
     cpu = uvm.cpu_of(p)
+    m = uvm.machine
     if uvm.arch.broadcast_tlbi and pm.pm_active == 0:
         return
     uvm.check(pm.pm_active > 0, 5, f"{pm}: pm_active would go negative", pm, p=p)
-    if uvm.machine.curpm[cpu] is pm:
-        uvm.machine.curpm[cpu] = None
+    if uvm.arch.broadcast_tlbi:
+        if m.ttbr0[cpu] is pm:
+            m.ttbr0[cpu] = None
+    elif m.curpm[cpu] is pm:
+        m.curpm[cpu] = None
+    m.left[cpu] = pm
     pm.pm_active -= 1
     uvm.engine.wakeup(pm.active_chan)
 
 
 def pmap_switch(uvm: Uvm, cpu: int, pm: Pmap | None) -> None:
-    """``cpu_switchto`` loads the next thread's address space on ``cpu``.
+    """``cpu_switchto`` loads the next thread's address space on ``cpu``; ``pm`` None
+    for a kernel thread or idle, whose address space is the kernel's.
 
-    arm64 (``pmap_setttb``): TTBR0 gets the pmap's tables, or the kernel's empty one
-    after ``pmap_purge``; TLB entries are tagged by ASID and stay. amd64: loading another
-    cr3 drops the user translations of the old address space on this CPU. With ``pm``
-    None (a kernel thread or idle runs next): arm64 loads the kernel's empty TTBR0;
-    amd64 keeps the old cr3 and ``ci_proc_pmap``, lazily."""
+    arm64 (``pmap_setttb``, every switch): TTBR0 gets the pmap's tables, or the kernel's
+    empty one after ``pmap_purge`` or for a kernel thread; ``cpu_setttb`` puts the
+    pmap's ASID in TTBR1 (the kernel's, 0, for a kernel thread) and ``ci_curpm``
+    follows. TLB entries are tagged by ASID and stay. amd64 (locore.S ``cpu_switchto``):
+    the new pcb's %cr3 is loaded unless it is the one already loaded, the kernel's for
+    a kernel thread, so nothing is lazy; loading a user %cr3 (its PCID without the
+    no-flush bit) drops this CPU's user translations. ``ci_proc_pmap`` follows %cr3."""
     m = uvm.machine
-    if pm is None:
-        if uvm.arch.broadcast_tlbi:
-            m.curpm[cpu] = None
-        return
+    m.left[cpu] = None
     if uvm.arch.broadcast_tlbi:
-        m.curpm[cpu] = None if pm.pm_purged else pm
-        return
-    if m.curpm[cpu] is not pm:
-        uvm.tlb.invalidate_all(cpu)
+        m.ttbr0[cpu] = None if pm is None or pm.pm_purged else pm
+        m.asid[cpu] = pm
         m.curpm[cpu] = pm
+        return
+    if pm is not None and m.ttbr0[cpu] is not pm:
+        uvm.tlb.invalidate_all(cpu)
+    m.ttbr0[cpu] = pm
+    m.asid[cpu] = pm
+    m.curpm[cpu] = pm
 
 
 def pmap_active_cpus(uvm: Uvm, pm: Pmap, me: int) -> tuple[int, ...]:
@@ -308,7 +351,7 @@ def _pmap_replace(uvm: Uvm, p: Thread, pm: Pmap, runs: list[tuple[int, Pte]]) ->
         return
     me = uvm.cpu_of(p)
     targets = pmap_active_cpus(uvm, pm, me)
-    shootself = m.curpm[me] is pm
+    shootself = m.ttbr0[me] is pm
     limit = m.arch.shootall_pages
     for v, pte in runs:
         if not targets:
@@ -364,12 +407,12 @@ def _ptp_count(pm: Pmap, vpn: int, end: int, sign: int) -> None:
 
 def _speculative_fill(uvm: Uvm, pm: Pmap, vpn: int, pte: Pte) -> None:
     """A PTE is going without a TLB invalidation. Any CPU whose MMU still has ``pm``'s
-    user page tables loaded may have walked them (speculatively, with no user code
-    running) and cached this translation, so the model says it has. This is the hazard
-    ``pmap_purge`` waits out: siblings between exit1 steps 12 and 13 still have TTBR0 on
-    the user tables."""
+    user page tables loaded (``Machine.ttbr0``) may have walked them (speculatively,
+    with no user code running) and cached this translation, so the model says it has.
+    This is the hazard ``pmap_purge`` waits out: siblings between exit1 steps 12 and 13
+    still have TTBR0 on the user tables."""
     tag = pm.tag | 1 if uvm.arch.broadcast_tlbi else pm.tag
-    for cpu, loaded in enumerate(uvm.machine.curpm):
+    for cpu, loaded in enumerate(uvm.machine.ttbr0):
         if loaded is pm:
             uvm.tlb.fill(cpu, tag, vpn, pte.page.ppn, pte.npages)
 
@@ -453,7 +496,7 @@ def _pmap_remove_amd64(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int, flush:
     ptps = _ptps_over(pm, b0, b1)
     populated = sum(min(b1 + 1, b + t.nblocks) - max(b0, b) for b, t in ptps)
     yield Acquire(pm.pm_mtx)
-    shootself = m.curpm[me] is pm
+    shootself = m.ttbr0[me] is pm
     yield Run(c.ptp_scan_ns * populated)
     for vpn, pte in runs:
         n = pte.npages
@@ -504,7 +547,7 @@ def pmap_protect_ro(uvm: Uvm, p: Thread, pm: Pmap, sva: int, eva: int) -> KPath:
         targets = pmap_active_cpus(uvm, pm, me)
         if targets:
             yield Acquire(uvm.tlb_shoot_lock)
-        yield from pmap_tlb_shootrange(m, me, pm.tag, sva, eva, targets, m.curpm[me] is pm)
+        yield from pmap_tlb_shootrange(m, me, pm.tag, sva, eva, targets, m.ttbr0[me] is pm)
         if targets:
             yield Release(uvm.tlb_shoot_lock)
 
@@ -518,7 +561,8 @@ def pmap_purge(uvm: Uvm, p: Thread, pm: Pmap) -> KPath:
     while pm.pm_active != 1:
         yield SpinWait(pm.active_chan, "pmap_purge")
     cpu = uvm.cpu_of(p)
-    uvm.machine.curpm[cpu] = None
+    # TTBR0 to the kernel's empty table; the ASID stays current here.
+    uvm.machine.ttbr0[cpu] = None
     yield from cpu_tlb_flush_asid_all(uvm.machine, pm.asids)
     pm.pm_purged = True
     pm.pm_active = 0
@@ -537,7 +581,7 @@ def pmap_tlb_flush_all(uvm: Uvm, p: Thread, pm: Pmap) -> KPath:
     targets = pmap_active_cpus(uvm, pm, me)
     if targets:
         yield Acquire(uvm.tlb_shoot_lock)
-    yield from pmap_tlb_shoottlb(m, me, pm.tag, targets, m.curpm[me] is pm)
+    yield from pmap_tlb_shoottlb(m, me, pm.tag, targets, m.ttbr0[me] is pm)
     if targets:
         yield Release(uvm.tlb_shoot_lock)
 

@@ -81,6 +81,24 @@ class Freed:
         return f"freed by {self.by}{on} at t={self.time_ns}ns"
 
 
+@dataclass(slots=True)
+class Tolerated:
+    """Violations of allowed invariants: how many of each, and the first one's text.
+    One tally may be shared by every run of a search."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    first: dict[int, str] = field(default_factory=dict)
+
+    def add(self, err: InvariantViolation) -> None:
+        self.counts[err.invariant] = self.counts.get(err.invariant, 0) + 1
+        self.first.setdefault(err.invariant, str(err))
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {
+            str(i): {"count": self.counts[i], "first": self.first[i]} for i in sorted(self.counts)
+        }
+
+
 class Uvm:
     """The vm state of one simulation (``struct uvm`` + ``uvmexp`` + the monitors)."""
 
@@ -139,6 +157,10 @@ class Uvm:
             "tlb_shoot_wait": self.tlb_shoot_lock,
         }
         self.next_shmid = 1
+        #: Invariants whose violations are tolerated (``exitsim check --allow``): they
+        #: are counted in ``tolerated`` and the run goes on.
+        self.allowed: frozenset[int] = frozenset()
+        self.tolerated: Tolerated = Tolerated()
         self.vnodes: dict[str, Any] = {}  # name -> UvmObject, the vnode cache
         self.shm_segments: dict[int, Any] = {}  # shmid -> ShmSegment
         #: Deallocated segments by shmid, so that a later use of one is reported as a
@@ -169,7 +191,16 @@ class Uvm:
         self, cond: bool, invariant: int, message: str, *objects: object, p: Thread | None = None
     ) -> None:
         if not cond:
-            raise self.violation(invariant, message, *objects, p=p)
+            self.breach(invariant, message, *objects, p=p)
+
+    def breach(
+        self, invariant: int, message: str, *objects: object, p: Thread | None = None
+    ) -> None:
+        """An invariant broke: raise, unless it is allowed; then count it and go on."""
+        err = self.violation(invariant, message, *objects, p=p)
+        if invariant not in self.allowed:
+            raise err
+        self.tolerated.add(err)
 
     def mark_freed(self, obj: Any, p: Thread | None) -> None:
         """``obj`` (a vmspace, amap, anon, object, shm segment or page) is freed now, by
