@@ -248,12 +248,12 @@ def test_a_counterexample_prints_compact_and_replays_in_either_form(
     argv = ["check", "wait2", "--policy", "no-reaper", "--arch", "amd64"]
     assert main([*argv, "-q"]) == 1
     out = capsys.readouterr().out
-    assert _field(out, "minimal schedule:") == "0*160,1"
+    assert _field(out, "minimal schedule:") == "1*160,0"
     violation = _field(out, "invariant 6:")
-    for text in ("0*160,1", ",".join(["0"] * 160 + ["1"]), "0*80,0,0*79,1"):
+    for text in ("1*160,0", ",".join(["1"] * 160 + ["0"]), "1*80,1,1*79,0"):
         assert main([*argv, "-P", text]) == 1
         again = capsys.readouterr().out
-        assert "# schedule 0*160,1" in again
+        assert "# schedule 1*160,0" in again
         assert _field(again, "violation: invariant 6:") == violation
 
 
@@ -261,9 +261,9 @@ def test_the_list_form_on_request(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["check", "wait2", "--policy", "no-reaper", "--arch", "amd64", "-q"]
     assert main([*argv, "--schedule-form", "list"]) == 1
     out = capsys.readouterr().out
-    assert _field(out, "minimal schedule:") == ",".join(["0"] * 160 + ["1"])
+    assert _field(out, "minimal schedule:") == ",".join(["1"] * 160 + ["0"])
     assert main([*argv, "--json"]) == 1
-    assert json.loads(capsys.readouterr().out)[0]["schedule"] == "0*160,1"
+    assert json.loads(capsys.readouterr().out)[0]["schedule"] == "1*160,0"
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ reference to the address space, children nobody waits for.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exitsim.check.hooks import blame
+from exitsim.check.statekey import state_key
 from exitsim.engine.chooser import Chooser
 from exitsim.engine.errors import SimError
 from exitsim.engine.ops import USER, Run
@@ -51,24 +51,9 @@ class CheckRun:
         self.k = k
         self.engine = k.engine
 
-    def state_key(self) -> str:
-        k = self.k
-        eng = k.engine
-        parts: list[object] = []
-        for t in eng.threads:
-            parts.append((t.tid, t.state, t.cpu, t.nops, t.wmesg))
-        for name in sorted(k.uvm.locks):
-            lock = k.uvm.locks[name]
-            owner = getattr(lock, "owner", None) or getattr(lock, "writer", None)
-            parts.append(
-                (name, owner.tid if owner is not None else 0, tuple(w[0].tid for w in lock.waiters))
-            )
-        tlb = k.machine.tlb
-        parts.append(repr(getattr(tlb, "entries", None)))
-        parts.append(k.machine.mmu_state())
-        parts.append(k.uvm.counters.page_work())
-        parts.append(k.uvm.physmem.free)
-        return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+    def state_key(self) -> bytes:
+        """Everything the run's future depends on, as a digest (``check/statekey.py``)."""
+        return state_key(self.k, self.engine.now)
 
     def at_end(self) -> None:
         k = self.k

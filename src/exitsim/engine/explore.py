@@ -12,8 +12,22 @@ the first CPU that can.
 
 The search is depth first over choice points, with a preemption bound (switching away
 from a CPU that could have gone on is a preemption) and a visited set of abstract
-states (the run's ``state_key()``, with the preemptions used to reach it) so that a
-state is expanded once.
+states so that a state is expanded once. A state is the run's ``state_key()`` (for
+``exitsim check``, ``check/statekey.py``: everything the run's future depends on), the
+choices open and the CPU that moved last (the default continuation and the cost of a
+preemption depend on it); it is remembered with the fewest preemptions used to reach
+it. Two things follow from a visited state:
+
+- a run that reaches a state an earlier run has already expanded, with no fewer
+  preemptions used, stops there: from that state on it would do what the earlier run
+  did (its default continuation) or what the alternatives pushed then will do, within
+  a budget at least as large. Only a state met again in the same run does not stop it
+  (a loop under the default schedule still runs into ``MAX_STEPS``);
+- the work is taken fewest preemptions first (a stack for each count, the lowest
+  non-empty one first), so a state is mostly met first with its fewest preemptions and
+  is not expanded a second time with fewer.
+
+A stopped run counts as a schedule explored: its choices up to that state are new.
 """
 
 from __future__ import annotations
@@ -117,19 +131,37 @@ class ChoicePoint:
     chosen: str
     current: str | None  # the CPU that moved last
     preemptions: int  # used before this choice
-    key: Any
+    key: Any  # the state here, in a pruned search where it may branch; else None
+    branch: bool = False  # a search may take another choice here (``_may_branch``)
+
+
+class Explored(Exception):
+    """A run reached a state an earlier run has already expanded (see the module
+    docstring): what follows is known, and the run stops."""
 
 
 class GuidedChooser:
     """Follows a prefix of labels, then the default (the last CPU goes on if it can),
-    recording every choice point it meets."""
+    recording every choice point it meets; with ``visited``, past the prefix it
+    records each new state there and stops the run (``Explored``) at one an earlier
+    run expanded with no more preemptions. ``bound``: the search's preemption bound,
+    past which a choice point takes no state (``_may_branch``)."""
 
-    def __init__(self, prefix: Sequence[str], run_ref: list[Run]) -> None:
+    def __init__(
+        self,
+        prefix: Sequence[str],
+        run_ref: list[Run],
+        visited: dict[Any, int] | None = None,
+        bound: int | None = None,
+    ) -> None:
         self.prefix = list(prefix)
+        self.bound = bound
         self.points: list[ChoicePoint] = []
         self.current: str | None = None
         self.preemptions = 0
         self.run_ref = run_ref
+        self.visited = visited
+        self.mine: set[Any] = set()  # states this run recorded
 
     def choose(self, point: str, options: Sequence[str]) -> int:
         if point != EVENT:
@@ -145,15 +177,41 @@ class GuidedChooser:
             pick = want
         else:
             pick = self.current if self.current in opts else opts[0]
-        # The abstract state only matters where the search may branch: past the prefix.
+        # The abstract state only matters to a search, where it may branch: past the
+        # prefix, and where some other choice fits in the bound (``_may_branch``).
         key = None
-        if i >= len(self.prefix) and self.run_ref:
-            key = (self.run_ref[0].state_key(), opts)
-        self.points.append(ChoicePoint(opts, pick, self.current, self.preemptions, key))
+        branch = i >= len(self.prefix) and self._may_branch(opts)
+        if branch and self.visited is not None and self.run_ref:
+            key = (self.run_ref[0].state_key(), opts, self.current)
+            self._visit(key)
+        self.points.append(ChoicePoint(opts, pick, self.current, self.preemptions, key, branch))
         if self.current is not None and self.current in opts and pick != self.current:
             self.preemptions += 1
         self.current = pick if pick.isdigit() else self.current
         return opts.index(pick)
+
+    def _may_branch(self, opts: tuple[str, ...]) -> bool:
+        """Whether the search could take another choice here: one that is not a
+        preemption (the CPU that moved last cannot go on), or preemptions left. Where it
+        could not, the state is neither recorded nor looked up: the run goes on with the
+        default, as any run reaching it with as many preemptions would, and a state
+        recorded elsewhere stays sound, since a run stopped there would not have
+        branched here either."""
+        if self.bound is None:
+            return True
+        return self.current not in opts or self.preemptions < self.bound
+
+    def _visit(self, key: Any) -> None:
+        """Record ``key`` as reached with this run's preemptions, or stop the run if an
+        earlier run expanded it with no more."""
+        assert self.visited is not None
+        seen = self.visited.get(key)
+        if seen is not None and seen <= self.preemptions:
+            if key not in self.mine:
+                raise Explored
+            return  # the same run came back to a state: a loop, not pruned
+        self.visited[key] = self.preemptions
+        self.mine.add(key)
 
     def labels(self) -> list[str]:
         return [cp.chosen for cp in self.points]
@@ -167,6 +225,7 @@ class Outcome:
     error: SimError | None
     steps: int
     points: list[ChoicePoint] = field(default_factory=list)
+    stopped: bool = False  # stopped at a state already explored (``Explored``)
 
     @property
     def violated(self) -> bool:
@@ -178,12 +237,16 @@ def run_schedule(
     prefix: Sequence[str],
     max_steps: int = MAX_STEPS,
     on_step: Callable[[Run, int], None] | None = None,
+    visited: dict[Any, int] | None = None,
+    bound: int | None = None,
 ) -> Outcome:
     """Build a run, follow ``prefix`` then the default, to the end or the first error
     the model raises (an invariant, a lock rule, a deadlock), or the first exception
-    the run's ``design_error`` blames on the design (see ``Run``)."""
+    the run's ``design_error`` blames on the design (see ``Run``). With ``visited``
+    (the explorer's), past the prefix the run also stops at a state already explored
+    (``GuidedChooser``, which ``bound`` is for)."""
     ref: list[Run] = []
-    chooser = GuidedChooser(prefix, ref)
+    chooser = GuidedChooser(prefix, ref, visited, bound)
     run = factory(chooser)
     ref.append(run)
     steps = 0
@@ -197,6 +260,8 @@ def run_schedule(
         run.at_end()
     except ScheduleMismatch:
         raise
+    except Explored:
+        return Outcome(chooser.labels(), None, steps, chooser.points, stopped=True)
     except SimError as e:
         return Outcome(chooser.labels(), e, steps, chooser.points)
     except Exception as e:
@@ -224,43 +289,61 @@ def explore(
     preemptions: int = 2,
     max_schedules: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    prune: bool = True,
 ) -> SearchResult:
-    """Depth-first search over schedules with at most ``preemptions`` preemptions."""
+    """Depth-first search over schedules with at most ``preemptions`` preemptions,
+    fewest preemptions first (see the module docstring). ``prune=False``: without the
+    visited set, every schedule within the bound run to its end (what pruning must
+    not change the verdict of; exponential, for small checks only)."""
     t0 = time.perf_counter()
-    visited: dict[Any, int] = {}
-    work: list[list[str]] = [[]]
+    visited: dict[Any, int] | None = {} if prune else None
+    # work[p]: the prefixes still to run that use p preemptions, a stack each.
+    work: list[list[list[str]]] = [[] for _ in range(preemptions + 1)]
+    work[0].append([])
     schedules = 0
-    while work:
+    while True:
+        level = next((p for p, stack in enumerate(work) if stack), None)
+        if level is None:
+            break
         if max_schedules is not None and schedules >= max_schedules:
-            return SearchResult(None, schedules, len(visited), time.perf_counter() - t0, False)
-        prefix = work.pop()
-        out = run_schedule(factory, prefix)
+            return SearchResult(None, schedules, _count(visited), time.perf_counter() - t0, False)
+        prefix = work[level].pop()
+        out = run_schedule(factory, prefix, visited=visited, bound=preemptions)
         schedules += 1
         if progress is not None:
-            progress(schedules, len(visited))
+            progress(schedules, _count(visited))
         if out.violated:
-            return SearchResult(out, schedules, len(visited), time.perf_counter() - t0, False)
-        labels = out.schedule
-        # Branch at the choice points past the forced prefix, deepest first out of the
-        # stack; a state seen before with no more preemptions used is not expanded.
-        for i in range(len(prefix), len(out.points)):
-            cp = out.points[i]
-            seen = visited.get(cp.key)
-            if seen is not None and seen <= cp.preemptions:
-                break
-            visited[cp.key] = cp.preemptions
-            for alt in cp.options:
-                if alt == cp.chosen:
-                    continue
-                cost = (
-                    1
-                    if (cp.current is not None and cp.current in cp.options and alt != cp.current)
-                    else 0
-                )
-                if cp.preemptions + cost > preemptions:
-                    continue
-                work.append([*labels[:i], alt])
-    return SearchResult(None, schedules, len(visited), time.perf_counter() - t0, True)
+            return SearchResult(out, schedules, _count(visited), time.perf_counter() - t0, False)
+        _branch(out, len(prefix), preemptions, work)
+    return SearchResult(None, schedules, _count(visited), time.perf_counter() - t0, True)
+
+
+def _count(visited: dict[Any, int] | None) -> int:
+    return 0 if visited is None else len(visited)
+
+
+def _branch(out: Outcome, start: int, bound: int, work: list[list[list[str]]]) -> None:
+    """Push the alternatives at the choice points ``out`` met past its prefix (in a
+    pruned search each a state it recorded as new), deepest first out of each stack; a
+    state the run met twice (a loop) is expanded once."""
+    labels = out.schedule
+    done: set[Any] = set()
+    for i in range(start, len(out.points)):
+        cp = out.points[i]
+        if not cp.branch:
+            continue  # no other choice fits in the bound here
+        if cp.key is not None:
+            if cp.key in done:
+                continue  # a loop's second visit
+            done.add(cp.key)
+        for alt in cp.options:
+            if alt == cp.chosen:
+                continue
+            switch = cp.current is not None and cp.current in cp.options and alt != cp.current
+            used = cp.preemptions + (1 if switch else 0)
+            if used > bound:
+                continue
+            work[used].append([*labels[:i], alt])
 
 
 def shrink(factory: Factory, schedule: Sequence[str]) -> Outcome:
