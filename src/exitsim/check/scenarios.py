@@ -204,6 +204,19 @@ def _nozombie(k: Kernel) -> None:
     spawn_user_process(k, "parent", parent)
 
 
+def _with_sibling(k: Kernel, comm: str, sibling: Callable[[Proc], KPath]) -> None:
+    """A process that maps its region, starts one sibling thread running ``sibling``,
+    works a little and calls exit(2)."""
+
+    def main(p: Proc) -> KPath:
+        yield from region(k, p)
+        yield from thread_fork(k, p, "t1", sibling)
+        yield WORK
+        yield from sys_exit(k, p, 0)
+
+    spawn_user_process(k, comm, main)
+
+
 def _exit_race(k: Kernel) -> None:
     """Both threads of a process call exit(2) at once: the one that single-threads
     first wins; the other finds it doing so inside its own exit1 and goes back into
@@ -213,13 +226,7 @@ def _exit_race(k: Kernel) -> None:
         yield WORK
         yield from sys_exit(k, t, 1)
 
-    def main(p: Proc) -> KPath:
-        yield from region(k, p)
-        yield from thread_fork(k, p, "t1", sibling)
-        yield WORK
-        yield from sys_exit(k, p, 0)
-
-    spawn_user_process(k, "race", main)
+    _with_sibling(k, "race", sibling)
 
 
 def _killed(k: Kernel) -> None:
@@ -277,13 +284,7 @@ def _threxit(k: Kernel) -> None:
         yield from uvm_touch(k.uvm, t, t.p_vmspace, BASE, PAGES)  # type: ignore[arg-type]
         yield from sys___threxit(k, t)
 
-    def main(p: Proc) -> KPath:
-        yield from region(k, p)
-        yield from thread_fork(k, p, "t1", sibling)
-        yield WORK
-        yield from sys_exit(k, p, 0)
-
-    spawn_user_process(k, "threxit", main)
+    _with_sibling(k, "threxit", sibling)
 
 
 SCENARIOS: dict[str, Scenario] = {

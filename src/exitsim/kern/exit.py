@@ -207,7 +207,7 @@ def exit1(k: Kernel, p: Proc, xexit: int, xsig: int, flags: int) -> KPath:
     pr.ps_exitcnt += 1
     # Someone single-threading the process counts on us to count ourselves out.
     if pr.ps_single is not None:
-        yield from kern_sig.process_suspend_signal(k, pr, p)
+        yield from kern_sig.process_suspend_signal(k, pr)
     if k.policy.tuagg_at == TUAGG_AT_STEP4:
         tuagg_add_process(pr, p)
     if not p.p_flag & P_THREAD:

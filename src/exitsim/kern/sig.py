@@ -223,7 +223,7 @@ def proc_suspend_check_locked(k: Kernel, p: Proc) -> KPath:
             yield from KERNEL_LOCK(k)
             yield from kern_exit.exit1(k, p, 0, 0, EXIT_THREAD_NOCHECK)
         proc_stop_setup(p)
-        yield from process_suspend_signal(k, pr, p)
+        yield from process_suspend_signal(k, pr)
         yield from proc_stop_finish(k, p)
         if pr.ps_single is None:
             return
@@ -246,8 +246,9 @@ def setrunnable(k: Kernel, q: Proc) -> None:
     k.engine.wakeup(stop_chan(q))
 
 
-def process_suspend_signal(k: Kernel, pr: Process, p: Proc) -> KPath:
-    """Count ``p`` out of those single_thread_set waits for; the last one wakes it.
+def process_suspend_signal(k: Kernel, pr: Process) -> KPath:
+    """Count the calling thread out of those single_thread_set waits for; the last
+    one wakes it.
     => ps_mtx held."""
     pr.ps_suspendcnt -= 1
     if pr.ps_suspendcnt == 0 and pr.ps_single is not None:
