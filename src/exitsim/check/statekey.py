@@ -24,8 +24,10 @@ What the walk does with each kind of value:
   instruction it stopped at and its local variables (the thread's position, with its
   loop counters and everything else it will read when it resumes), but for those named
   as skipped fields are (a start time kept to meter a duration);
-- functions and methods: their qualified name (what they would run, not whom they
-  belong to; a bound method's object is reached through the graph where it matters);
+- functions and methods: their qualified name (what they would run), with a closure's
+  cells and a bound method's object (what they carry: a design's hook may keep a count
+  in a cell). Module globals are not walked: state a design keeps there is not in the
+  key (docs/checking.md);
 - the engine's event heap: its pending events as labels (what may run next), with a
   timer's callback and arguments.
 
@@ -92,6 +94,7 @@ SKIP = frozenset(
         "switch_hook",
         "exit_hook",
         "idle_hook",
+        "watch",  # a pmap's observer: the meters' count of pages unmapped
         # tolerated violations (``--allow``): one tally shared by every run of a search
         "tolerated",
         # fixed for the whole run: configuration, costs, the arch, the chooser
@@ -186,13 +189,27 @@ class _Walk:
         elif t is GeneratorType:
             self.frames(v)
         elif isinstance(v, _CALLABLES):
-            out.append(("F", getattr(v, "__qualname__", repr(v))))
+            self.callable(v)
         elif isinstance(v, type):
             out.append(("T", v.__qualname__))
         else:
             self.fields(v, t)
             if t is Engine or isinstance(v, Engine):
                 self.heap(v)
+
+    def callable(self, f: Any) -> None:
+        """What a callable would run, and what it carries with it: a closure's cells and
+        a bound method's object are state (a design's hook may count in a cell)."""
+        out = self.out
+        out.append(("F", getattr(f, "__qualname__", repr(f))))
+        if type(f) is MethodType:
+            self.enc(f.__self__)
+            return
+        for cell in getattr(f, "__closure__", None) or ():
+            try:
+                self.enc(cell.cell_contents)
+            except ValueError:  # a cell not filled yet
+                out.append(_UNSET)
 
     def seq(self, xs: Any) -> None:
         out = self.out
